@@ -50,7 +50,6 @@ const (
 // is sized, the longest context a worker must hold, and how many workers.
 // +kubebuilder:validation:XValidation:rule="!has(self.model.preset) || self.contextLength <= 163840",message="contextLength exceeds the model's maximum of 163840 tokens (max_position_embeddings of the DeepSeek presets)"
 // +kubebuilder:validation:XValidation:rule="!has(self.model.geometry) || !has(self.model.geometry.maxPositionEmbeddings) || self.contextLength <= self.model.geometry.maxPositionEmbeddings",message="contextLength exceeds model.geometry.maxPositionEmbeddings"
-// +kubebuilder:validation:XValidation:rule="!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",message="replicas must lie within autoscaling.minReplicas and autoscaling.maxReplicas"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollout) || self.rollout.maxUnavailable + self.rollout.maxSurge >= 1",message="rollout.maxUnavailable and rollout.maxSurge cannot both be 0: a rollout could never make progress"
 type MLAServiceSpec struct {
 	// Model is the MLA model the workers serve.
