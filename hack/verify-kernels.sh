@@ -6,9 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# kernel_sources lists, sorted, every file whose change requires a rebuild.
+# kernel_sources lists, sorted, every file whose change requires a rebuild:
+# the committed ones (what CI sees; a new source counts once it is added),
+# or all of them outside a git checkout. hack/build-kernels.sh hashes the
+# same set.
 kernel_sources() {
-	find kernels -maxdepth 1 -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' \) | LC_ALL=C sort
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+		git ls-files -- 'kernels/*.cu' 'kernels/*.cuh' 'kernels/*.h' | grep -v '^kernels/.*/' | LC_ALL=C sort
+	else
+		find kernels -maxdepth 1 -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' \) | LC_ALL=C sort
+	fi
 }
 
 sources=$(kernel_sources)
