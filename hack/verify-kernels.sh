@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # same set.
 kernel_sources() {
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-		git ls-files -- 'kernels/*.cu' 'kernels/*.cuh' 'kernels/*.h' | grep -v '^kernels/.*/' | LC_ALL=C sort
+		git ls-files -- 'kernels/*.cu' 'kernels/*.cuh' 'kernels/*.h' | { grep -v '^kernels/.*/' || true; } | LC_ALL=C sort
 	else
 		find kernels -maxdepth 1 -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' \) | LC_ALL=C sort
 	fi
