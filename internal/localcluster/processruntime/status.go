@@ -25,7 +25,7 @@ type PodState struct {
 	StartTime time.Time
 	// Message and Reason of a terminal pod.
 	Message, Reason string
-	Container ContainerState
+	Container       ContainerState
 }
 
 // ContainerState is the worker container's state; exactly one of Waiting,
