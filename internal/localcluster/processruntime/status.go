@@ -63,7 +63,7 @@ func RenderStatus(pod *corev1.Pod, state PodState, now time.Time) corev1.PodStat
 		st.StartTime = &t
 	}
 
-	ready := state.Phase == corev1.PodRunning && state.Container.Ready
+	ready := state.Phase == corev1.PodRunning && state.Container.Running != nil && state.Container.Ready
 	podReady := ready
 	for _, g := range pod.Spec.ReadinessGates {
 		if c := findCondition(st.Conditions, g.ConditionType); c == nil || c.Status != corev1.ConditionTrue {
