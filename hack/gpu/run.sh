@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The one script run on the GPU machine (Hopper, nvcc >= 12.8): builds the
+# kernels, checks them (C++ float64 check, the Go engine's GPU tests,
+# compute-sanitizer) and benchmarks them, in one go.
+#
+#   hack/gpu/run.sh [stage...]    stages: build check gotest sanitize bench
+#
+# The Go test binary is built beforehand on a machine with Go and the CUDA
+# headers (no GPU needed) and found at $GO_TEST_BIN (default
+# .gpu-bin/cuda.test):
+#   go test -c -tags cuda -o .gpu-bin/cuda.test ./worker/engine/cuda
+# Results go to $OUT (or ./gpu-results): logs, the built module, the report.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT/r"
+R=$OUT/r
+GO_TEST_BIN=${GO_TEST_BIN:-.gpu-bin/cuda.test}
+stages=${*:-build check gotest sanitize bench}
+NVCC_FLAGS=(-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo)
+status=0
+
+has() { [[ " $stages " == *" $1 "* ]]; }
+# pack refreshes $OUT/results.tgz, so a run cut short still returns its logs.
+pack() { tar -C "$OUT" -czf "$OUT/results.tgz.tmp" r && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+step() { pack; echo; echo "=== $* ($(date -u +%T))"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$R/machine.txt"
+nvcc --version | tail -n 2 | tee -a "$R/machine.txt"
+
+if has build; then
+	step "build kernels"
+	if ! hack/build-kernels.sh 2>&1 | tee "$R/build.log"; then
+		echo "kernel build failed"; pack; exit 1
+	fi
+	cp kernels/mla_decode.cubin kernels/mla_decode.resources.txt kernels/SOURCES.sha256 "$R/"
+	grep -E 'Function|REG|spill|bytes stack' kernels/mla_decode.resources.txt | head -n 40
+	cuobjdump -sass kernels/mla_decode.cubin >"$R/sass.txt"
+	awk '/Function :/ {f=$3} /HGMMA/ {h[f]++} /HMMA/ {m[f]++} /LDL|STL/ {l[f]++}
+		END {for (k in h) print k, "HGMMA", h[k]; for (k in m) print k, "HMMA", m[k]; for (k in l) print k, "LDL/STL", l[k]}' \
+		"$R/sass.txt" | sort | tee "$R/sass-summary.txt"
+	gzip -f "$R/sass.txt"
+	step "build benchmark driver"
+	nvcc "${NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu 2>&1 | tee "$R/bench-build.log" || status=1
+	nvcc "${NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu >/dev/null 2>&1 || true
+fi
+
+if has check; then
+	step "C++ check against float64"
+	timeout 120 /tmp/mla_bench check 2>&1 | tee "$R/check.log" || status=1
+	if ! grep -q 'check: all ok' "$R/check.log" && [[ -x /tmp/mla_bench_swapped ]]; then
+		step "C++ check, V descriptor offsets swapped"
+		timeout 120 /tmp/mla_bench_swapped check 2>&1 | tee "$R/check-swapped.log"
+	fi
+fi
+
+if has gotest; then
+	step "Go engine GPU tests (gorgonia.org/cu + shim)"
+	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 240 "$GO_TEST_BIN" -test.v -test.count=1 2>&1 | tee "$R/gotest.log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|relative L2' || true
+	grep -q '^PASS' "$R/gotest.log" || status=1
+fi
+
+if has bench; then
+	step "benchmark"
+	timeout 240 /tmp/mla_bench bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench.md" || status=1
+fi
+
+if has sanitize; then
+	for tool in memcheck racecheck; do
+		step "compute-sanitizer $tool"
+		timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 /tmp/mla_bench check >"$R/sanitizer-$tool.log" 2>&1
+		echo "exit $?"; tail -n 5 "$R/sanitizer-$tool.log"
+	done
+fi
+
+pack && rm -rf "$R"
+echo "status $status"
+exit $status

@@ -1,0 +1,621 @@
+// MLA dense decode for Hopper (sm_90a): FlashMLA's contract, written from
+// scratch for this project.
+//
+//   q      bf16 [b, s_q, h_q, 576]      cache  bf16 [pages, 64, 576] (one layer)
+//   table  int32 [b, max_pages]         lens   int32 [b]
+//   out    bf16 [b, s_q, h_q, 512]      lse    fp32 [b, h_q, s_q]
+//
+// Three launches on one stream, parameters in MlaDecodeParams:
+//   mla_decode_schedule  one warp: balances the batch's 64-token KV blocks
+//                        (plus a fixed per-sequence charge) over num_parts
+//                        parts, one part per CTA column.
+//   mla_decode_{mma,wgmma}  grid (num_parts, query tiles): each CTA walks the
+//                        blocks of its part for one 64-row query tile (rows
+//                        are (s_q, h_q) flattened, so the heads sharing the
+//                        latent head form the M dimension). A sequence that
+//                        lies inside one part is written out directly; a
+//                        split one leaves a normalized fp32 partial and its
+//                        log-sum-exp.
+//   mla_decode_combine   merges the partials of split sequences.
+//
+// One fused pass per KV block: S = Q K^T over 576 dims, online softmax, O +=
+// P V over the 512 latent dims (V is the first 512 columns of the same shared
+// memory tile, never copied). 256 threads: warp w = 4 h + g owns query rows
+// 16 g .. 16 g + 15, keys 32 h .. 32 h + 31 of S, and output columns
+// 256 h .. 256 h + 255. The two halves exchange row maxima and P through
+// shared memory. With wgmma, warps 4 h .. 4 h + 3 are warpgroup h and the
+// accumulator fragments are the same as mma.sync's, so masking, softmax and
+// the epilogue are shared by both variants.
+//
+// Shared tiles are 64 rows x 576 columns stored as nine 64 x 64 panels of
+// 8 KiB, each row of a panel 128 bytes with its 16-byte chunks XOR-swizzled
+// by (row % 8): the canonical 128-byte-swizzle layout of wgmma (K-major for
+// Q and K, MN-major for V) and conflict-free for ldmatrix.
+//
+// Room left for later work: an FP8 cache changes only the tile load (and a
+// dequantizing pass into the bf16 tile); sparse decode replaces the block
+// walk by a walk over selected token indices.
+
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "mla_decode_params.h"
+
+namespace {
+
+constexpr int kD = MLA_HEAD_DIM;
+constexpr int kDV = MLA_LATENT_DIM;
+constexpr int kBlock = MLA_PAGE;
+constexpr int kRows = MLA_TILE_ROWS;
+constexpr int kThreads = MLA_THREADS;
+constexpr int kOverhead = MLA_SEQ_OVERHEAD_BLOCKS;
+constexpr int kPanelBytes = 64 * 128;
+constexpr int kTileBytes = MLA_TILE_BYTES;
+constexpr int kChunksPerRow = kD / 8;                       // 72 chunks of 16 bytes
+constexpr int kChunksPerThread = kRows * kChunksPerRow / kThreads;  // 18
+static_assert(kRows * kChunksPerRow % kThreads == 0, "tile load must divide evenly");
+static_assert(kTileBytes == 9 * kPanelBytes, "576 columns are nine 64-column panels");
+
+__host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Byte offset of (row, col) in a swizzled tile; col is a multiple of 8.
+__device__ __forceinline__ uint32_t tile_offset(int row, int col) {
+  const int panel = col >> 6;
+  const int chunk = (col >> 3) & 7;
+  return panel * kPanelBytes + row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous copy global -> shared; src_bytes 0 writes zeros
+// (rows past a sequence's end or past the query tile).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Makes this thread's generic-proxy shared-memory writes (cp.async, st.shared)
+// visible to the async proxy (wgmma) once a barrier follows.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Loads rows [0, valid_rows) of a 64 x 576 bf16 row-major block into a
+// swizzled tile and zero-fills the rest.
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const __nv_bfloat16* src, int valid_rows) {
+#pragma unroll
+  for (int j = 0; j < kChunksPerThread; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    const int row = i / kChunksPerRow;
+    const int c16 = i % kChunksPerRow;
+    const bool valid = row < valid_rows;
+    const __nv_bfloat16* s = src + (valid ? row * kD + c16 * 8 : 0);
+    const uint32_t off = (c16 >> 3) * kPanelBytes + row * 128 + (((c16 & 7) ^ (row & 7)) << 4);
+    cp_async_16(dst + off, s, valid ? 16 : 0);
+  }
+}
+
+// ---------------------------------------------------------------- mma.sync
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// S[16 g + i, 32 h + j] = Q[16 g + i, :] . K[32 h + j, :] for this warp.
+__device__ __forceinline__ void scores_mma(float (&s)[4][4], uint32_t q_tile, uint32_t k_tile, int g, int h) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int t = 0; t < 4; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s[t][j] = 0.f;
+  const int a_row = 16 * g + (lane & 15);
+  const int a_col = (lane >> 4) * 8;
+  const int b_key = 32 * h + (lane & 7) + ((lane >> 4) << 3);
+  const int b_col = ((lane >> 3) & 1) * 8;
+#pragma unroll 4
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, q_tile + tile_offset(a_row, kk * 16 + a_col));
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, k_tile + tile_offset(b_key + 16 * np, kk * 16 + b_col));
+      mma_bf16_16816(s[2 * np], a, b[0], b[1]);
+      mma_bf16_16816(s[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// O[16 g + i, 256 h + n] += P[16 g + i, :] V[:, 256 h + n] for this warp.
+__device__ __forceinline__ void pv_mma(float (&o)[32][4], uint32_t p_tile, uint32_t v_tile, int g, int h) {
+  const int lane = threadIdx.x & 31;
+  const int a_row = 16 * g + (lane & 15);
+  const int a_col = (lane >> 4) * 8;
+  const int b_key = (lane & 7) + (((lane >> 3) & 1) << 3);
+  const int b_col = 256 * h + ((lane >> 4) << 3);
+#pragma unroll
+  for (int kk = 0; kk < kBlock / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, p_tile + tile_offset(a_row, kk * 16 + a_col));
+#pragma unroll
+    for (int np = 0; np < 16; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, v_tile + tile_offset(kk * 16 + b_key, b_col + 16 * np));
+      mma_bf16_16816(o[2 * np], a, b[0], b[1]);
+      mma_bf16_16816(o[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- wgmma
+
+// Shared-memory matrix descriptor, 128-byte swizzle. lbo/sbo in bytes.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+// D[64 x 32] (+)= A[64 x 16] * B[16 x 32]; A K-major, B K-major, both in shared memory.
+__device__ __forceinline__ void wgmma_m64n32k16(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// D[64 x 256] (+)= A[64 x 16] * B[16 x 256]; A K-major, B MN-major, both in shared memory.
+__device__ __forceinline__ void wgmma_m64n256k16_bmn(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// Warpgroup h: S[0..63, 32 h .. 32 h + 31] over the 576 dims.
+__device__ __forceinline__ void scores_wgmma(float (&s)[4][4], uint32_t q_tile, uint32_t k_tile, int h) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    const uint32_t k_off = (kk >> 2) * kPanelBytes + (kk & 3) * 32;
+    const uint64_t da = smem_desc(q_tile + k_off, 16, 1024);
+    const uint64_t db = smem_desc(k_tile + k_off + 32 * h * 128, 16, 1024);
+    wgmma_m64n32k16(&s[0][0], da, db, kk > 0);
+  }
+  wgmma_commit();
+  wgmma_wait_all();
+}
+
+// Warpgroup h: O[0..63, 256 h ..] += P[0..63, 0..63] V[0..63, 256 h ..].
+// V is MN-major: 64-column panels 8 KiB apart (leading byte offset), groups
+// of 8 keys 1 KiB apart (stride byte offset).
+__device__ __forceinline__ void pv_wgmma(float (&o)[32][4], uint32_t p_tile, uint32_t v_tile, int h) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBlock / 16; ++kk) {
+    const uint64_t da = smem_desc(p_tile + kk * 32, 16, 1024);
+#ifdef MLA_V_DESC_SWAPPED
+    const uint64_t db = smem_desc(v_tile + 4 * h * kPanelBytes + kk * 16 * 128, 1024, kPanelBytes);
+#else
+    const uint64_t db = smem_desc(v_tile + 4 * h * kPanelBytes + kk * 16 * 128, kPanelBytes, 1024);
+#endif
+    wgmma_m64n256k16_bmn(&o[0][0], da, db, 1);
+  }
+  wgmma_commit();
+  wgmma_wait_all();
+}
+
+// ---------------------------------------------------------------- schedule
+
+struct Schedule {
+  const int* ws;
+  int batch;
+  __device__ int per_part() const { return ws[0]; }
+  __device__ const int* prefix() const { return ws + MLA_SCHED_HEADER; }
+  __device__ const int* split_base() const { return ws + MLA_SCHED_HEADER + batch + 1; }
+  __device__ const int* part_start() const { return ws + MLA_SCHED_HEADER + 2 * batch + 1; }
+};
+
+__device__ __forceinline__ int warp_inclusive_scan(int v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += n;
+  }
+  return v;
+}
+
+}  // namespace
+
+// One warp. Cost of sequence b = its KV blocks + kOverhead; part p owns the
+// cost positions [p per, (p + 1) per); block k of sequence b sits at
+// position prefix[b] + kOverhead + k, so every block has exactly one part
+// and a sequence's parts are consecutive.
+extern "C" __global__ void __launch_bounds__(32) mla_decode_schedule(MlaDecodeParams p) {
+  int* ws = reinterpret_cast<int*>(p.sched);
+  const int* lens = reinterpret_cast<const int*>(p.seq_lens);
+  const int B = p.batch;
+  const int P = p.num_parts;
+  int* prefix = ws + MLA_SCHED_HEADER;
+  int* split_base = prefix + B + 1;
+  int* part_start = split_base + B;
+  const int lane = threadIdx.x;
+
+  int carry = 0;
+  for (int base = 0; base < B; base += 32) {
+    const int b = base + lane;
+    const int c = b < B ? cdiv(lens[b], kBlock) + kOverhead : 0;
+    const int incl = warp_inclusive_scan(c);
+    if (b < B) prefix[b] = carry + incl - c;
+    carry += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  const int total = carry;
+  const int per = max(1, cdiv(total, P));
+  if (lane == 0) prefix[B] = total;
+  __syncwarp();
+
+  carry = 0;
+  for (int base = 0; base < B; base += 32) {
+    const int b = base + lane;
+    int slots = 0;
+    if (b < B) {
+      const int first = prefix[b] + kOverhead;
+      const int last = first + cdiv(lens[b], kBlock) - 1;
+      const int n = last / per - first / per + 1;
+      slots = n > 1 ? n : 0;
+    }
+    const int incl = warp_inclusive_scan(slots);
+    if (b < B) split_base[b] = carry + incl - slots;
+    carry += __shfl_sync(0xffffffffu, incl, 31);
+  }
+
+  for (int part = lane; part < P; part += 32) {
+    const int x = part * per;
+    int b = B;
+    if (x < total) {  // largest b with prefix[b] <= x
+      int lo = 0, hi = B - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (prefix[mid] <= x) lo = mid; else hi = mid - 1;
+      }
+      b = lo;
+    }
+    part_start[part] = b;
+  }
+  if (lane == 0) {
+    ws[0] = per;
+    ws[1] = carry;
+  }
+}
+
+namespace {
+
+template <bool kWgmma>
+__device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const uint32_t q_tile = smem_addr(smem);
+  // KV stage i is at q_tile + (1 + i) * kTileBytes.
+  const uint32_t p_tile = q_tile + 3 * kTileBytes;
+  float* red_max = reinterpret_cast<float*>(smem + 3 * kTileBytes + 8192);  // [2][64]
+  float* red_sum = red_max + 2 * kRows;                                    // [2][64]
+
+  const Schedule sched{reinterpret_cast<const int*>(p.sched), p.batch};
+  const int part = blockIdx.x;
+  const int row0 = blockIdx.y * kRows;
+  const int R = p.s_q * p.h_q;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = warp & 3;
+  const int h = warp >> 2;
+  // Rows of this thread's fragments: 16 g + lane / 4 and 8 below it.
+  const int frag_row = 16 * g + (lane >> 2);
+  const bool warp_active = kWgmma || row0 + 16 * g < R;  // mma.sync skips padding rows
+
+  const int per = sched.per_part();
+  const int lo = part * per;
+  const int hi = lo + per - 1;
+  const int* lens = reinterpret_cast<const int*>(p.seq_lens);
+  const int* table = reinterpret_cast<const int*>(p.block_table);
+  const __nv_bfloat16* cache = reinterpret_cast<const __nv_bfloat16*>(p.cache);
+  const __nv_bfloat16* q = reinterpret_cast<const __nv_bfloat16*>(p.q);
+
+  for (int b = sched.part_start()[part]; b < p.batch; ++b) {
+    const int first = sched.prefix()[b] + kOverhead;  // position of block 0
+    if (first > hi) break;
+    const int len = lens[b];
+    const int nb = cdiv(len, kBlock);
+    const int k0 = max(0, lo - first);
+    const int k1 = min(nb - 1, hi - first);
+    if (k0 > k1) continue;
+    const int* bt = table + static_cast<size_t>(b) * p.max_pages;
+
+    load_tile_async(q_tile, q + (static_cast<size_t>(b) * R + row0) * kD, min(kRows, R - row0));
+    load_tile_async(q_tile + kTileBytes, cache + static_cast<size_t>(bt[k0]) * kBlock * kD, min(kBlock, len - k0 * kBlock));
+    cp_async_commit();
+
+    float o[32][4];
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[i][j] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY};
+    float l_run[2] = {0.f, 0.f};
+    // Key limits of this thread's two rows: query i of s_q sees keys
+    // [0, len - s_q + i]. Padding rows get the last key.
+    int limit[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = row0 + frag_row + 8 * i;
+      limit[i] = r < R ? len - p.s_q + r / p.h_q : len - 1;
+    }
+
+    for (int k = k0; k <= k1; ++k) {
+      const int stage = (k - k0) & 1;
+      const uint32_t kv_tile = q_tile + (1 + stage) * kTileBytes;
+      if (k < k1) {
+        load_tile_async(q_tile + (2 - stage) * kTileBytes, cache + static_cast<size_t>(bt[k + 1]) * kBlock * kD,
+                        min(kBlock, len - (k + 1) * kBlock));
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      if (kWgmma) fence_proxy_async();
+      __syncthreads();
+
+      float s[4][4] = {};
+      if constexpr (kWgmma) {
+        scores_wgmma(s, q_tile, kv_tile, h);
+      } else if (warp_active) {
+        scores_mma(s, q_tile, kv_tile, g, h);
+      }
+
+      // Mask, then this half's row maxima.
+      float mx[2] = {-INFINITY, -INFINITY};
+      const int key0 = k * kBlock + 32 * h + 2 * (lane & 3);
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int key = key0 + 8 * t + (j & 1);
+          if (key > limit[j >> 1]) s[t][j] = -INFINITY;
+          mx[j >> 1] = fmaxf(mx[j >> 1], s[t][j]);
+        }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        if ((lane & 3) == 0) red_max[h * kRows + frag_row + 8 * i] = mx[i];
+      }
+      __syncthreads();
+
+      // Online softmax: both halves see the same row maximum.
+      float sub[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = frag_row + 8 * i;
+        const float m_new = fmaxf(m_run[i], fmaxf(red_max[r], red_max[kRows + r]));
+        sub[i] = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
+        const float alpha = exp2f(m_run[i] * p.scale_log2 - sub[i]);
+        m_run[i] = m_new;
+        l_run[i] *= alpha;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          o[n][2 * i] *= alpha;
+          o[n][2 * i + 1] *= alpha;
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        float pr[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          pr[j] = exp2f(s[t][j] * p.scale_log2 - sub[j >> 1]);
+          l_run[j >> 1] += pr[j];
+        }
+        const int col = 32 * h + 8 * t + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const __nv_bfloat162 v = __floats2bfloat162_rn(pr[2 * i], pr[2 * i + 1]);
+          const int r = frag_row + 8 * i;
+          const uint32_t addr = p_tile + tile_offset(r, col & ~7) + (col & 7) * 2;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&v))
+                       : "memory");
+        }
+      }
+      if (kWgmma) fence_proxy_async();
+      __syncthreads();
+
+      if constexpr (kWgmma) {
+        pv_wgmma(o, p_tile, kv_tile, h);
+      } else if (warp_active) {
+        pv_mma(o, p_tile, kv_tile, g, h);
+      }
+      __syncthreads();  // the stage and P are free for the next block
+    }
+
+    // Epilogue: total denominator of both key halves.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+      if ((lane & 3) == 0) red_sum[h * kRows + frag_row + 8 * i] = l_run[i];
+    }
+    __syncthreads();
+    const int split_first = first / per;
+    const int split_last = (first + nb - 1) / per;
+    const bool whole = split_first == split_last;
+    const int slot = whole ? 0 : sched.split_base()[b] + part - split_first;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = frag_row + 8 * i;
+      const int row = row0 + r;
+      if (row >= R) continue;
+      const float l = red_sum[r] + red_sum[kRows + r];
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float lse = l > 0.f ? m_run[i] * p.scale + logf(l) : -INFINITY;
+      if (whole) {
+        __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          const int col = 256 * h + 8 * n + 2 * (lane & 3);
+          *reinterpret_cast<__nv_bfloat162*>(out + col) = __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        }
+        if (h == 0 && (lane & 3) == 0) {
+          const int sq = row / p.h_q, head = row % p.h_q;
+          reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse;
+        }
+      } else {
+        float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          const int col = 256 * h + 8 * n + 2 * (lane & 3);
+          *reinterpret_cast<float2*>(out + col) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        }
+        if (h == 0 && (lane & 3) == 0) reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
+      }
+    }
+    // The next sequence's Q load overwrites q_tile; the last block's trailing
+    // barrier already ordered all reads of it, and red_sum is next written
+    // after several barriers.
+  }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_mma(MlaDecodeParams p) {
+  decode_part<false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_wgmma(MlaDecodeParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  decode_part<true>(p);
+#else
+  __trap();  // needs sm_90a
+#endif
+}
+
+// grid (batch, cdiv(s_q h_q, 8)), 256 threads: one warp per query row.
+extern "C" __global__ void __launch_bounds__(256) mla_decode_combine(MlaDecodeParams p) {
+  const Schedule sched{reinterpret_cast<const int*>(p.sched), p.batch};
+  const int b = blockIdx.x;
+  const int R = p.s_q * p.h_q;
+  const int row = blockIdx.y * 8 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= R) return;
+  const int per = sched.per_part();
+  const int first = sched.prefix()[b] + kOverhead;
+  const int nb = cdiv(reinterpret_cast<const int*>(p.seq_lens)[b], kBlock);
+  const int n = (first + nb - 1) / per - first / per + 1;
+  if (n == 1) return;  // written by the decode kernel
+  const int slot0 = sched.split_base()[b];
+  const float* plse = reinterpret_cast<const float*>(p.partial_lse);
+  float m = -INFINITY;
+  for (int i = 0; i < n; ++i) m = fmaxf(m, plse[static_cast<size_t>(slot0 + i) * R + row]);
+  float acc[16];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) acc[j] = 0.f;
+  float wsum = 0.f;
+  for (int i = 0; i < n; ++i) {
+    const float w = expf(plse[static_cast<size_t>(slot0 + i) * R + row] - m);  // 0 for an empty split
+    wsum += w;
+    const float4* src = reinterpret_cast<const float4*>(
+        reinterpret_cast<const float*>(p.partial_out) + (static_cast<size_t>(slot0 + i) * R + row) * kDV + lane * 16);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float4 v = src[j];
+      acc[4 * j] += w * v.x;
+      acc[4 * j + 1] += w * v.y;
+      acc[4 * j + 2] += w * v.z;
+      acc[4 * j + 3] += w * v.w;
+    }
+  }
+  const float inv = 1.f / wsum;
+  __align__(16) __nv_bfloat162 packed[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) packed[j] = __floats2bfloat162_rn(acc[2 * j] * inv, acc[2 * j + 1] * inv);
+  uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV +
+                                        lane * 16);
+  dst[0] = reinterpret_cast<const uint4*>(packed)[0];
+  dst[1] = reinterpret_cast<const uint4*>(packed)[1];
+  if (lane == 0) {
+    const int sq = row / p.h_q, head = row % p.h_q;
+    reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = m + logf(wsum);
+  }
+}
+
+// One warp per row: cache[slots[i]] = rows[i].
+extern "C" __global__ void __launch_bounds__(256) mla_cache_scatter(MlaRowCopyParams p) {
+  const int i = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (i >= p.count) return;
+  const int slot = reinterpret_cast<const int*>(p.slots)[i];
+  const uint4* src = reinterpret_cast<const uint4*>(p.rows) + static_cast<size_t>(i) * kChunksPerRow;
+  uint4* dst = reinterpret_cast<uint4*>(p.cache) + static_cast<size_t>(slot) * kChunksPerRow;
+  for (int c = threadIdx.x & 31; c < kChunksPerRow; c += 32) dst[c] = src[c];
+}
+
+// One warp per row: rows[i] = cache[slots[i]].
+extern "C" __global__ void __launch_bounds__(256) mla_cache_gather(MlaRowCopyParams p) {
+  const int i = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (i >= p.count) return;
+  const int slot = reinterpret_cast<const int*>(p.slots)[i];
+  const uint4* src = reinterpret_cast<const uint4*>(p.cache) + static_cast<size_t>(slot) * kChunksPerRow;
+  uint4* dst = reinterpret_cast<uint4*>(p.rows) + static_cast<size_t>(i) * kChunksPerRow;
+  for (int c = threadIdx.x & 31; c < kChunksPerRow; c += 32) dst[c] = src[c];
+}

@@ -1,0 +1,331 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/mla-operator/mla-operator/worker/engine"
+)
+
+// These tests need a Hopper GPU. Build here with
+//   go test -c -tags cuda -o <dir>/cuda.test ./worker/engine/cuda
+// and run the binary on the GPU machine (hack/gpu/run.sh does).
+
+func bf16ToF64(v uint16) float64 { return float64(math.Float32frombits(uint32(v) << 16)) }
+
+// f32ToBF16 rounds to nearest even (inputs here are finite).
+func f32ToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	return uint16((u + 0x7FFF + (u>>16)&1) >> 16)
+}
+
+// randomBF16 is uniform in [-1, 1] without values near zero: zeros hide
+// unwritten outputs and wrong indexing.
+func randomBF16(rng *rand.Rand) uint16 {
+	v := rng.Float32()*2 - 1
+	if math.Abs(float64(v)) < 1e-3 {
+		v = 0.5
+	}
+	return f32ToBF16(v)
+}
+
+type decodeCase struct {
+	name  string
+	heads int
+	sq    int
+	lens  []int32
+	scale float32
+}
+
+func (c decodeCase) String() string {
+	return fmt.Sprintf("%s/h%d-sq%d-b%d", c.name, c.heads, c.sq, len(c.lens))
+}
+
+func decodeCases() []decodeCase {
+	rng := rand.New(rand.NewPCG(7, 11))
+	batch64 := make([]int32, 64)
+	for i := range batch64 {
+		batch64[i] = 1 + rng.Int32N(700)
+	}
+	deepseek := float32(1 / math.Sqrt(192)) // (qk_nope + qk_rope)^-0.5
+	return []decodeCase{
+		{"page-edges", 16, 1, []int32{1, 63, 64, 65}, deepseek},
+		{"page-edges", 32, 2, []int32{2, 63, 64, 65, 130, 1000}, deepseek},
+		{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek},
+		{"mixed", 128, 1, []int32{1, 64, 65, 777, 2049}, deepseek},
+		{"mixed", 128, 2, []int32{2, 63, 129, 1500}, 0.3}, // peaked softmax
+		{"one-sequence-many-splits", 64, 2, []int32{9000}, deepseek},
+		{"one-sequence-many-splits", 128, 1, []int32{6000}, deepseek},
+		{"batch64", 16, 1, batch64, deepseek},
+		{"batch64", 64, 2, batch64, deepseek},
+	}
+}
+
+// reference computes out and lse in float64 from the bf16 inputs.
+func reference(c decodeCase, q []uint16, rowsOf func(b, key int) []uint16) ([]float64, []float64) {
+	rows := c.sq * c.heads
+	out := make([]float64, len(c.lens)*rows*engine.LatentDim)
+	lse := make([]float64, len(c.lens)*rows)
+	var wg sync.WaitGroup
+	work := make(chan [2]int)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for br := range work {
+				b, r := br[0], br[1]
+				sq, head := r/c.heads, r%c.heads
+				limit := int(c.lens[b]) - c.sq + sq // query sq sees keys [0, limit]
+				qr := q[(b*rows+r)*engine.RowDim:][:engine.RowDim]
+				scores := make([]float64, limit+1)
+				m := math.Inf(-1)
+				for j := 0; j <= limit; j++ {
+					kr := rowsOf(b, j)
+					var d float64
+					for i := range engine.RowDim {
+						d += bf16ToF64(qr[i]) * bf16ToF64(kr[i])
+					}
+					scores[j] = d * float64(c.scale)
+					m = math.Max(m, scores[j])
+				}
+				o := out[(b*rows+r)*engine.LatentDim:][:engine.LatentDim]
+				var l float64
+				for j := 0; j <= limit; j++ {
+					w := math.Exp(scores[j] - m)
+					l += w
+					kr := rowsOf(b, j)
+					for i := range engine.LatentDim {
+						o[i] += w * bf16ToF64(kr[i])
+					}
+				}
+				for i := range o {
+					o[i] /= l
+				}
+				lse[(b*c.heads+head)*c.sq+sq] = m + math.Log(l)
+			}
+		}()
+	}
+	for b := range c.lens {
+		for r := range rows {
+			work <- [2]int{b, r}
+		}
+	}
+	close(work)
+	wg.Wait()
+	return out, lse
+}
+
+var (
+	engines   = map[string]*Engine{}
+	enginesMu sync.Mutex
+)
+
+func engineFor(t *testing.T, kernel string) *Engine {
+	t.Helper()
+	enginesMu.Lock()
+	defer enginesMu.Unlock()
+	if e, ok := engines[kernel]; ok {
+		return e
+	}
+	e, err := New(Options{Kernel: kernel})
+	if err != nil {
+		t.Fatalf("New(%s): %v", kernel, err)
+	}
+	engines[kernel] = e
+	return e
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, e := range engines {
+		if err := e.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "closing engine:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func TestDecodeMatchesFloat64Reference(t *testing.T) {
+	for _, kernel := range []string{KernelWGMMA, KernelMMA} {
+		for i, c := range decodeCases() {
+			t.Run(kernel+"/"+c.String(), func(t *testing.T) {
+				checkDecode(t, engineFor(t, kernel), c, uint64(100+i))
+			})
+		}
+	}
+}
+
+func checkDecode(t *testing.T, e *Engine, c decodeCase, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	batch, rows := len(c.lens), c.sq*c.heads
+	maxPages, used := 0, 0
+	for _, n := range c.lens {
+		p := (int(n) + engine.PageSize - 1) / engine.PageSize
+		maxPages = max(maxPages, p)
+		used += p
+	}
+	// Two layers, the decoded one second, and unused pages: a kernel that
+	// ignores the layer or the block table reads the wrong rows.
+	shape := engine.CacheShape{Layers: 2, Pages: used + 5}
+	const layer = 1
+	cacheI, err := e.NewCache(shape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := cacheI.(*Cache)
+	defer cache.Close()
+	for l := range shape.Layers {
+		slots := make([]int32, shape.Pages*engine.PageSize)
+		rowsData := make([]uint16, len(slots)*engine.RowDim)
+		for i := range slots {
+			slots[i] = int32(i)
+		}
+		for i := range rowsData {
+			rowsData[i] = randomBF16(rng)
+		}
+		if err := cache.WriteRows(l, slots, rowsData); err != nil {
+			t.Fatal(err)
+		}
+	}
+	perm := rng.Perm(shape.Pages)
+	table := make([]int32, batch*maxPages)
+	next := 0
+	for b, n := range c.lens {
+		for k := range (int(n) + engine.PageSize - 1) / engine.PageSize {
+			table[b*maxPages+k] = int32(perm[next])
+			next++
+		}
+	}
+	// The reference reads back through ReadRows, which checks it too.
+	host := make([]uint16, shape.Pages*engine.PageSize*engine.RowDim)
+	all := make([]int32, shape.Pages*engine.PageSize)
+	for i := range all {
+		all[i] = int32(i)
+	}
+	if err := cache.ReadRows(layer, all, host); err != nil {
+		t.Fatal(err)
+	}
+	rowsOf := func(b, key int) []uint16 {
+		slot := int(table[b*maxPages+key/engine.PageSize])*engine.PageSize + key%engine.PageSize
+		return host[slot*engine.RowDim:][:engine.RowDim]
+	}
+
+	q := make([]uint16, batch*rows*engine.RowDim)
+	for i := range q {
+		q[i] = randomBF16(rng)
+	}
+	req := &engine.DecodeRequest{
+		Layer: layer, Batch: batch, SQ: c.sq, Heads: c.heads, Q: q,
+		BlockTable: table, MaxPages: maxPages, SeqLens: c.lens, Scale: c.scale,
+		Out: make([]uint16, batch*rows*engine.LatentDim), LSE: make([]float32, batch*rows),
+	}
+	for i := range req.Out {
+		req.Out[i] = 0xFFFF // NaN: every element must be written
+	}
+	for i := range req.LSE {
+		req.LSE[i] = float32(math.NaN())
+	}
+	if err := e.Decode(context.Background(), cache, req); err != nil {
+		t.Fatal(err)
+	}
+	wantOut, wantLSE := reference(c, q, rowsOf)
+
+	var num, den float64
+	nans := 0
+	for i, v := range req.Out {
+		got := bf16ToF64(v)
+		if math.IsNaN(got) {
+			nans++
+			continue
+		}
+		num += (got - wantOut[i]) * (got - wantOut[i])
+		den += wantOut[i] * wantOut[i]
+	}
+	if nans > 0 {
+		t.Fatalf("%d of %d outputs NaN (unwritten or invalid)", nans, len(req.Out))
+	}
+	rel := math.Sqrt(num / den)
+	var lseErr float64
+	for i, v := range req.LSE {
+		d := math.Abs(float64(v) - wantLSE[i])
+		if math.IsNaN(d) {
+			t.Fatalf("lse[%d] = %v, want %v", i, v, wantLSE[i])
+		}
+		lseErr = math.Max(lseErr, d/math.Max(1, math.Abs(wantLSE[i])))
+	}
+	t.Logf("relative L2 %.2e, max lse error %.2e", rel, lseErr)
+	if rel > 1e-2 {
+		t.Errorf("relative L2 error %.3e above 1e-2", rel)
+	}
+	if lseErr > 1e-3 {
+		t.Errorf("lse error %.3e above 1e-3", lseErr)
+	}
+}
+
+func TestCacheRowsRoundTrip(t *testing.T) {
+	e := engineFor(t, DefaultKernel)
+	shape := engine.CacheShape{Layers: 3, Pages: 4}
+	c, err := e.NewCache(shape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	slots := []int32{0, 63, 64, 255, 130}
+	rows := make([]uint16, len(slots)*engine.RowDim)
+	for i := range rows {
+		rows[i] = randomBF16(rng)
+	}
+	if err := c.WriteRows(2, slots, rows); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]uint16, len(rows))
+	if err := c.ReadRows(2, slots, got); err != nil {
+		t.Fatal(err)
+	}
+	for i := range rows {
+		if got[i] != rows[i] {
+			t.Fatalf("value %d: read %#04x, wrote %#04x", i, got[i], rows[i])
+		}
+	}
+	if err := c.WriteRows(3, slots, rows); err == nil {
+		t.Error("writing layer 3 of 3 succeeded")
+	}
+	if err := c.WriteRows(0, []int32{256}, rows[:engine.RowDim]); err == nil {
+		t.Error("writing slot 256 of 256 succeeded")
+	}
+}
+
+func TestDecodeRejectsForeignCacheAndBadRequest(t *testing.T) {
+	e := engineFor(t, DefaultKernel)
+	c, err := e.NewCache(engine.CacheShape{Layers: 1, Pages: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := &engine.DecodeRequest{Batch: 1, SQ: 1, Heads: 16, MaxPages: 1, BlockTable: []int32{0},
+		SeqLens: []int32{65}, Q: make([]uint16, 16*engine.RowDim), Out: make([]uint16, 16*engine.LatentDim),
+		LSE: make([]float32, 16), Scale: 0.1}
+	if err := e.Decode(context.Background(), c, req); err == nil {
+		t.Error("decode of a 65-token sequence over one page succeeded")
+	}
+}
+
+func TestRegisteredAsCUDA(t *testing.T) {
+	found := false
+	for _, n := range engine.Backends() {
+		found = found || n == Name
+	}
+	if !found {
+		t.Fatalf("backends %v lack %q", engine.Backends(), Name)
+	}
+}

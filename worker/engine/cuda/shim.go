@@ -1,0 +1,118 @@
+//go:build cuda
+
+package cuda
+
+// The driver calls gorgonia.org/cu lacks: raising a function's dynamic
+// shared-memory limit above 48 KiB, and launching with a by-value struct
+// parameter (cu's Launch copies 8 bytes per parameter).
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../../kernels
+#cgo LDFLAGS: -lcuda
+#include <cuda.h>
+#include "mla_decode_params.h"
+
+static CUresult mla_set_max_dynamic_smem(CUfunction f, int bytes) {
+	return cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
+}
+
+// cuLaunchKernel copies the parameter bytes before it returns, so params may
+// point into Go memory (it holds no Go pointers).
+static CUresult mla_launch(CUfunction f, unsigned gx, unsigned gy, unsigned block, unsigned smem,
+                           CUstream stream, void* params) {
+	void* args[1] = {params};
+	return cuLaunchKernel(f, gx, gy, 1, block, 1, 1, smem, stream, args, NULL);
+}
+
+static const char* mla_error_name(CUresult r) {
+	const char* s = NULL;
+	if (cuGetErrorName(r, &s) != CUDA_SUCCESS || s == NULL) return "unknown CUDA error";
+	return s;
+}
+*/
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"gorgonia.org/cu"
+)
+
+// Sizes fixed by the kernels' ABI (mla_decode_params.h).
+const (
+	smemBytes     = int(C.MLA_SMEM_BYTES)
+	decodeThreads = int(C.MLA_THREADS)
+	tileRows      = int(C.MLA_TILE_ROWS)
+	schedHeader   = int(C.MLA_SCHED_HEADER)
+)
+
+type decodeParams = C.MlaDecodeParams
+type rowCopyParams = C.MlaRowCopyParams
+
+// decodeArgs is MlaDecodeParams in Go types.
+type decodeArgs struct {
+	q, cache, table, lens, out, lse, sched, partialOut, partialLSE cu.DevicePtr
+	batch, sq, heads, maxPages, parts                               int
+	scale                                                           float32
+}
+
+const log2e = 1.4426950408889634
+
+func makeDecodeParams(a decodeArgs) decodeParams {
+	return decodeParams{
+		q:           C.uint64_t(a.q),
+		cache:       C.uint64_t(a.cache),
+		block_table: C.uint64_t(a.table),
+		seq_lens:    C.uint64_t(a.lens),
+		out:         C.uint64_t(a.out),
+		lse:         C.uint64_t(a.lse),
+		sched:       C.uint64_t(a.sched),
+		partial_out: C.uint64_t(a.partialOut),
+		partial_lse: C.uint64_t(a.partialLSE),
+		batch:       C.int32_t(a.batch),
+		s_q:         C.int32_t(a.sq),
+		h_q:         C.int32_t(a.heads),
+		max_pages:   C.int32_t(a.maxPages),
+		num_parts:   C.int32_t(a.parts),
+		scale:       C.float(a.scale),
+		scale_log2:  C.float(a.scale * log2e),
+	}
+}
+
+func makeRowCopyParams(cache, rows, slots cu.DevicePtr, count int) rowCopyParams {
+	return rowCopyParams{
+		cache: C.uint64_t(cache),
+		rows:  C.uint64_t(rows),
+		slots: C.uint64_t(slots),
+		count: C.int32_t(count),
+	}
+}
+
+func cuErr(r C.CUresult, what string) error {
+	if r == C.CUDA_SUCCESS {
+		return nil
+	}
+	return fmt.Errorf("%s: %s (%d)", what, C.GoString(C.mla_error_name(r)), int(r))
+}
+
+// cfunc and cstream reach the driver handles inside cu's wrappers, which
+// are single-field structs holding exactly those handles.
+func cfunc(f cu.Function) C.CUfunction { return *(*C.CUfunction)(unsafe.Pointer(&f)) }
+func cstream(s cu.Stream) C.CUstream   { return *(*C.CUstream)(unsafe.Pointer(&s)) }
+
+func setMaxDynamicSharedMemory(f cu.Function, bytes int) error {
+	return cuErr(C.mla_set_max_dynamic_smem(cfunc(f), C.int(bytes)), "cuFuncSetAttribute(max dynamic shared memory)")
+}
+
+func launchDecode(f cu.Function, gridX, gridY, block, smem int, s cu.Stream, p *decodeParams) error {
+	return cuErr(C.mla_launch(cfunc(f), C.uint(gridX), C.uint(gridY), C.uint(block), C.uint(smem), cstream(s),
+		unsafe.Pointer(p)), "cuLaunchKernel")
+}
+
+func launchRowCopy(f cu.Function, gridX, block int, s cu.Stream, p *rowCopyParams) error {
+	return cuErr(C.mla_launch(cfunc(f), C.uint(gridX), 1, C.uint(block), 0, cstream(s), unsafe.Pointer(p)),
+		"cuLaunchKernel")
+}
+
+func schedInts(batch, parts int) int { return int(C.MLA_SCHED_HEADER) + 2*batch + 1 + parts }
