@@ -53,8 +53,8 @@ type rowCopyParams = C.MlaRowCopyParams
 // decodeArgs is MlaDecodeParams in Go types.
 type decodeArgs struct {
 	q, cache, table, lens, out, lse, sched, partialOut, partialLSE cu.DevicePtr
-	batch, sq, heads, maxPages, parts                               int
-	scale                                                           float32
+	batch, sq, heads, maxPages, parts                              int
+	scale                                                          float32
 }
 
 const log2e = 1.4426950408889634
