@@ -35,7 +35,9 @@ func Render(w io.Writer, s Snapshot) error {
 	fmt.Fprintf(tw, "SERVICES (%d)\n", len(s.Services))
 	fmt.Fprintln(tw, "NAMESPACE\tNAME\tREADY\tWORKERS\tKV CAPACITY\tKV USED\tUTIL\tCONTEXT\tMAX CONTEXT\tSTATUS")
 	services := append([]v1alpha1.MLAService(nil), s.Services...)
-	sort.Slice(services, func(i, j int) bool { return key(services[i].Namespace, services[i].Name) < key(services[j].Namespace, services[j].Name) })
+	sort.Slice(services, func(i, j int) bool {
+		return key(services[i].Namespace, services[i].Name) < key(services[j].Namespace, services[j].Name)
+	})
 	for _, svc := range services {
 		desired := "-"
 		if svc.Spec.Replicas != nil {
