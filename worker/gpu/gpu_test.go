@@ -20,7 +20,10 @@ type fakeNVML struct {
 
 func (f *fakeNVML) lib() *mock.Interface {
 	dev := &mock.Device{
-		GetNameFunc: func() (string, nvml.Return) { f.calls = append(f.calls, "name"); return "NVIDIA H100 80GB HBM3", nvml.SUCCESS },
+		GetNameFunc: func() (string, nvml.Return) {
+			f.calls = append(f.calls, "name")
+			return "NVIDIA H100 80GB HBM3", nvml.SUCCESS
+		},
 		GetUUIDFunc: func() (string, nvml.Return) { return "GPU-0c3d", nvml.SUCCESS },
 		GetMemoryInfo_v2Func: func() (nvml.Memory_v2, nvml.Return) {
 			return nvml.Memory_v2{Total: 85520809984, Free: 84987740160, Used: 533069824}, f.v2Ret
