@@ -67,6 +67,10 @@ const (
 	EnvReserveBytes         = "MLA_RESERVE_BYTES"
 	EnvGPUs                 = "MLA_GPUS"
 	EnvDevice               = "MLA_DEVICE"
+	// EnvSoftmaxScale is the model's attention softmax scale
+	// (model.Geometry.SoftmaxScale: 192^-0.5 x YaRN mscale^2 for DeepSeek),
+	// formatted with strconv.FormatFloat(v, 'g', -1, 64) so it round-trips.
+	EnvSoftmaxScale = "MLA_SOFTMAX_SCALE"
 	// EnvSimulatedGPU makes a CPU-mode worker size its pool as if it ran on
 	// this GPU: "<product>:<memoryMiB>", set by the local cluster's process
 	// runtime from the node's labels.
