@@ -30,7 +30,7 @@ var pod = types.NamespacedName{Namespace: "default", Name: "worker-0"}
 
 // testSettings is a two-layer model on a simulated 64 MiB GPU, with no
 // weights or reserve: 0.9 x 64 MiB / (2 layers x 64 x 1,152 B) = 409 pages.
-func testSettings(t *testing.T, env map[string]string, args ...string) *settings.Settings {
+func testSettings(t testing.TB, env map[string]string, args ...string) *settings.Settings {
 	t.Helper()
 	base := map[string]string{
 		v1alpha1.EnvLayers: "2", v1alpha1.EnvAttentionHeads: "16", v1alpha1.EnvReserveBytes: "0",
