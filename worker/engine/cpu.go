@@ -52,7 +52,7 @@ const minHeadsPerUnit = 8
 type cpuScratch struct {
 	q      []float32 // [queries, RowDim], widened queries
 	keys   []float32 // [PageSize, RowDim], one page widened
-	scores []float32 // [PageSize]
+	scores []float32 // [4, PageSize]: scores, then probabilities, of four heads
 	acc    []float32 // [queries, LatentDim], unnormalised output
 	max    []float32 // [queries], running max of scores
 	sum    []float32 // [queries], running softmax denominator relative to max
@@ -67,7 +67,7 @@ func (s *cpuScratch) fit(queries int) {
 	}
 	if s.keys == nil {
 		s.keys = make([]float32, PageSize*RowDim)
-		s.scores = make([]float32, PageSize)
+		s.scores = make([]float32, 4*PageSize)
 	}
 	s.q, s.acc, s.max, s.sum = s.q[:queries*RowDim], s.acc[:queries*LatentDim], s.max[:queries], s.sum[:queries]
 }
@@ -169,32 +169,42 @@ func (e *CPU) unit(c *hostCache, req *DecodeRequest, s *cpuScratch, b, h0, nh in
 			if visible <= 0 {
 				continue
 			}
-			for h := range nh {
+			// Heads go four at a time so each key value loaded from memory
+			// serves four multiply-adds (nh is a multiple of 8).
+			scores := s.scores[:4*PageSize]
+			for h := 0; h < nh; h += 4 {
 				qi := i*nh + h
-				q := s.q[qi*RowDim:][:RowDim]
-				scores := s.scores[:visible]
-				pageMax := float32(math.Inf(-1))
-				for j := range scores {
-					v := scale * dot(q, s.keys[j*RowDim:][:RowDim])
-					scores[j] = v
-					pageMax = max(pageMax, v)
+				q := s.q[qi*RowDim:][:4*RowDim]
+				var pageMax [4]float32
+				for k := range pageMax {
+					pageMax[k] = float32(math.Inf(-1))
 				}
-				acc := s.acc[qi*LatentDim:][:LatentDim]
-				if m := s.max[qi]; pageMax > m {
-					// Rescale what was accumulated under the old max.
-					alpha := float32(math.Exp(float64(m - pageMax)))
-					s.sum[qi] *= alpha
-					scaleInPlace(acc, alpha)
-					s.max[qi] = pageMax
+				for j := range visible {
+					d0, d1, d2, d3 := dot4(q, s.keys[j*RowDim:][:RowDim])
+					d0, d1, d2, d3 = scale*d0, scale*d1, scale*d2, scale*d3
+					scores[j], scores[PageSize+j], scores[2*PageSize+j], scores[3*PageSize+j] = d0, d1, d2, d3
+					pageMax[0], pageMax[1], pageMax[2], pageMax[3] = max(pageMax[0], d0), max(pageMax[1], d1), max(pageMax[2], d2), max(pageMax[3], d3)
 				}
-				m := s.max[qi]
-				sum := s.sum[qi]
-				for j, v := range scores {
-					p := float32(math.Exp(float64(v - m)))
-					sum += p
-					axpy(acc, p, s.keys[j*RowDim:][:LatentDim])
+				for k := range 4 {
+					if m := s.max[qi+k]; pageMax[k] > m {
+						// Rescale what was accumulated under the old max.
+						alpha := float32(math.Exp(float64(m - pageMax[k])))
+						s.sum[qi+k] *= alpha
+						scaleInPlace(s.acc[(qi+k)*LatentDim:][:LatentDim], alpha)
+						s.max[qi+k] = pageMax[k]
+					}
+					m, sum := s.max[qi+k], s.sum[qi+k]
+					for j, v := range scores[k*PageSize : k*PageSize+visible] {
+						p := float32(math.Exp(float64(v - m)))
+						scores[k*PageSize+j] = p
+						sum += p
+					}
+					s.sum[qi+k] = sum
 				}
-				s.sum[qi] = sum
+				acc := s.acc[qi*LatentDim:][:4*LatentDim]
+				for j := range visible {
+					axpy4(acc, scores[j], scores[PageSize+j], scores[2*PageSize+j], scores[3*PageSize+j], s.keys[j*RowDim:][:LatentDim])
+				}
 			}
 		}
 	}
@@ -228,6 +238,39 @@ func dot(a, b []float32) float32 {
 		s0 += a[i] * b[i]
 	}
 	return (s0 + s1) + (s2 + s3)
+}
+
+// dot4 is the dot products of four consecutive RowDim-wide queries in q
+// with k, loading each value of k once.
+func dot4(q, k []float32) (float32, float32, float32, float32) {
+	q0, q1, q2, q3 := q[:RowDim], q[RowDim:2*RowDim], q[2*RowDim:3*RowDim], q[3*RowDim:4*RowDim]
+	k = k[:RowDim]
+	var s0, s1, s2, s3, t0, t1, t2, t3 float32
+	for d := 0; d < RowDim; d += 2 {
+		a, b := k[d], k[d+1]
+		s0 += q0[d] * a
+		s1 += q1[d] * a
+		s2 += q2[d] * a
+		s3 += q3[d] * a
+		t0 += q0[d+1] * b
+		t1 += q1[d+1] * b
+		t2 += q2[d+1] * b
+		t3 += q3[d+1] * b
+	}
+	return s0 + t0, s1 + t1, s2 + t2, s3 + t3
+}
+
+// axpy4 adds p_k * v to the k-th of four consecutive LatentDim-wide rows of
+// acc, loading each value of v once.
+func axpy4(acc []float32, p0, p1, p2, p3 float32, v []float32) {
+	a0, a1, a2, a3 := acc[:LatentDim], acc[LatentDim:2*LatentDim], acc[2*LatentDim:3*LatentDim], acc[3*LatentDim:4*LatentDim]
+	v = v[:LatentDim]
+	for d, x := range v {
+		a0[d] += p0 * x
+		a1[d] += p1 * x
+		a2[d] += p2 * x
+		a3[d] += p3 * x
+	}
 }
 
 // axpy adds a*x to y.
