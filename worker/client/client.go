@@ -65,6 +65,11 @@ func statusIs(err error, code int) bool {
 	return errors.As(err, &e) && e.StatusCode == code
 }
 
+// maxResponseBytes bounds what the client reads: the largest decode
+// response (4,096 sequences x 2 x 128 heads x 512 fp32) is 2 GiB; bf16
+// frames of realistic batches are megabytes.
+const maxResponseBytes = 4 << 30
+
 func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
@@ -82,7 +87,13 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
+	var data []byte
+	if n := resp.ContentLength; n > 0 && n <= maxResponseBytes {
+		data = make([]byte, n)
+		_, err = io.ReadFull(resp.Body, data)
+	} else {
+		data, err = io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: reading response: %w", method, path, err)
 	}

@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptest"
 	"testing"
 
+	"github.com/mla-operator/mla-operator/worker/client"
+	"github.com/mla-operator/mla-operator/worker/engine"
 	"github.com/mla-operator/mla-operator/worker/kvcache"
+	"github.com/mla-operator/mla-operator/worker/server"
 	"github.com/mla-operator/mla-operator/worker/wire"
 )
 
@@ -43,5 +47,56 @@ func BenchmarkDecodeStep(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// nullEngine fills outputs without computing attention, so a benchmark over
+// it measures only what the API adds: framing, copies, HTTP, the client.
+type nullEngine struct{ engine.Engine }
+
+func (nullEngine) Name() string { return "null" }
+
+func (nullEngine) Decode(_ context.Context, c engine.Cache, req *engine.DecodeRequest) error {
+	if err := req.Validate(c.Shape()); err != nil {
+		return err
+	}
+	// Each head's output is the first 512 values of its query.
+	for i := 0; i < len(req.Out)/engine.LatentDim; i++ {
+		copy(req.Out[i*engine.LatentDim:(i+1)*engine.LatentDim], req.Q[i*engine.RowDim:])
+	}
+	for i := range req.LSE {
+		req.LSE[i] = 1
+	}
+	return nil
+}
+
+// BenchmarkAPIOverhead is a decode step's cost through the HTTP API with an
+// engine that does no work: bf16 q of batch x heads x 576 in, bf16 out of
+// batch x heads x 512 and fp32 lse back, over loopback.
+func BenchmarkAPIOverhead(b *testing.B) {
+	for _, bc := range []struct{ batch, heads int }{{1, 16}, {1, 128}, {64, 128}} {
+		f := newFixture(b, bc.batch+1, 64)
+		f.engine = nullEngine{f.engine}
+		srv, err := server.New(server.Config{Pool: f.pool, Engine: f.engine, Heads: bc.heads, SoftmaxScale: testScale})
+		if err != nil {
+			b.Fatal(err)
+		}
+		hs := httptest.NewServer(srv.Handler())
+		c := client.New(hs.URL, hs.Client())
+		r := rand.New(rand.NewPCG(2, 2))
+		ids := make([]uint64, bc.batch)
+		for i := range ids {
+			ids[i], _ = f.filledSequence(b, r, 64, 8)
+		}
+		req := &wire.DecodeRequest{Layer: 0, SQ: 1, Heads: bc.heads, IDs: ids, Q: randomRows(r, bc.batch*bc.heads)}
+		b.Run(fmt.Sprintf("batch=%d/heads=%d", bc.batch, bc.heads), func(b *testing.B) {
+			b.SetBytes(int64(len(req.Marshal()) + 24 + bc.batch*bc.heads*(512*2+4)))
+			for b.Loop() {
+				if _, err := c.Decode(context.Background(), req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		hs.Close()
 	}
 }

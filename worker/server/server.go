@@ -204,7 +204,7 @@ func pathLayer(r *http.Request) (int, error) {
 }
 
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	body, err := readAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), r.ContentLength, s.cfg.MaxBodyBytes)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -215,6 +215,27 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		return nil, false
 	}
 	return body, true
+}
+
+// readAll reads a body in one allocation when its length is declared and
+// within limit (tensor bodies run to megabytes); rd enforces the limit.
+func readAll(rd io.Reader, declared, limit int64) ([]byte, error) {
+	if declared <= 0 || declared > limit {
+		return io.ReadAll(rd)
+	}
+	buf := make([]byte, declared)
+	if _, err := io.ReadFull(rd, buf); err != nil {
+		return nil, err
+	}
+	// A body longer than declared is the transport's to reject; one byte
+	// more here would mean a broken request.
+	return buf, nil
+}
+
+func writeFrame(w http.ResponseWriter, frame []byte) {
+	w.Header().Set("Content-Type", wire.ContentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(frame)))
+	w.Write(frame)
 }
 
 func (s *Server) createSequence(w http.ResponseWriter, r *http.Request) {
@@ -327,8 +348,7 @@ func (s *Server) readKV(w http.ResponseWriter, r *http.Request) {
 		s.failPool(w, err)
 		return
 	}
-	w.Header().Set("Content-Type", wire.ContentType)
-	w.Write(wire.EncodeRows(wire.BF16, rows))
+	writeFrame(w, wire.EncodeRows(wire.BF16, rows))
 }
 
 func (s *Server) decode(w http.ResponseWriter, r *http.Request) {
@@ -363,8 +383,7 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request) {
 	s.metrics.decode.WithLabelValues(s.cfg.Engine.Name()).Observe(time.Since(start).Seconds())
 	s.metrics.batch.Observe(float64(batch))
 	resp := &wire.DecodeResponse{Batch: batch, SQ: req.SQ, Heads: req.Heads, OutDType: req.OutDType, Out: step.Out, LSE: step.LSE}
-	w.Header().Set("Content-Type", wire.ContentType)
-	w.Write(resp.Marshal())
+	writeFrame(w, resp.Marshal())
 }
 
 func (s *Server) capacity(w http.ResponseWriter, _ *http.Request) {

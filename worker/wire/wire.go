@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"unsafe"
 
 	"github.com/mla-operator/mla-operator/worker/bf16"
 )
@@ -81,6 +82,14 @@ func malformed(format string, args ...any) error {
 
 var le = binary.LittleEndian
 
+// nativeLittle is true on little-endian hosts, where bf16 values are copied
+// to and from frames as bytes instead of one at a time.
+var nativeLittle = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+func u16Bytes(v []uint16) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 2*len(v))
+}
+
 // putValues appends bf16 values as dtype.
 func putValues(dst []byte, dtype DType, vals []uint16) []byte {
 	switch dtype {
@@ -89,6 +98,9 @@ func putValues(dst []byte, dtype DType, vals []uint16) []byte {
 			dst = le.AppendUint32(dst, math.Float32bits(bf16.ToFloat32(v)))
 		}
 	default:
+		if nativeLittle {
+			return append(dst, u16Bytes(vals)...)
+		}
 		for _, v := range vals {
 			dst = le.AppendUint16(dst, v)
 		}
@@ -105,6 +117,10 @@ func getValues(dst []uint16, dtype DType, src []byte) {
 			dst[i] = bf16.FromFloat32(math.Float32frombits(le.Uint32(src[4*i:])))
 		}
 	default:
+		if nativeLittle {
+			copy(u16Bytes(dst), src[:2*len(dst)])
+			return
+		}
 		for i := range dst {
 			dst[i] = le.Uint16(src[2*i:])
 		}
