@@ -325,7 +325,9 @@ var fastReportArgs []string
 var heartbeatFlag = regexp.MustCompile(`(?m)^\s*--?([a-z0-9-]*heartbeat[a-z0-9-]*)\b`)
 
 func detectWorkerFlags() {
-	out, _ := exec.Command(filepath.Join(binDir, "worker"), "--help").CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, filepath.Join(binDir, "worker"), "--help").CombinedOutput()
 	if m := heartbeatFlag.FindSubmatch(out); m != nil {
 		fastReportArgs = []string{"--" + string(m[1]) + "=2s"}
 	}

@@ -28,8 +28,6 @@ func TestInvalidManifestsAreRejected(t *testing.T) {
 			s.Spec.Model.Geometry = &v1alpha1.ModelGeometry{Layers: 27, AttentionHeads: 16}
 		}).Obj(),
 			"set exactly one of model.preset and model.geometry"},
-		{"replicas-outside-autoscaling", base("replicas-outside-autoscaling").Replicas(5).Autoscaling(1, 3, 0.7).Obj(),
-			"replicas must lie within autoscaling.minReplicas and autoscaling.maxReplicas"},
 		{"rollout-stuck", base("rollout-stuck").Rollout(0, 0).Obj(),
 			"rollout.maxUnavailable and rollout.maxSurge cannot both be 0"},
 		{"page-size", base("page-size").PageSize(128).Obj(),
