@@ -6,7 +6,11 @@
 //   mla_bench check   small mixed batches, both variants, against a float64
 //                     CPU reference (the case compute-sanitizer runs)
 //   mla_bench bench   copy bandwidth, then the FlashMLA anchor shapes
+#ifdef MLA_KERNEL_SOURCE  // an earlier version, for side-by-side timing
+#include MLA_KERNEL_SOURCE
+#else
 #include "../../kernels/mla_decode.cu"
+#endif
 
 #include <cuda_runtime.h>
 
@@ -40,6 +44,18 @@ const Variant kVariants[] = {{"mma", mla_decode_mma}, {"wgmma", mla_decode_wgmma
 
 int g_sms = 0;
 
+// Scheduler launch shape; kernels before the shared-memory scheduler used one
+// warp (kept so an earlier version can be timed side by side).
+#ifdef MLA_SCHED_THREADS
+int sched_threads() { return MLA_SCHED_THREADS; }
+int sched_smem(int batch, int parts) { return mla_sched_smem_bytes(batch, parts); }
+int sched_ints(int batch, int parts) { return mla_sched_ints(batch, parts); }
+#else
+int sched_threads() { return 32; }
+int sched_smem(int, int) { return 0; }
+int sched_ints(int batch, int parts) { return MLA_SCHED_INTS(batch, parts); }
+#endif
+
 __global__ void fill_random_bf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint32_t x = uint32_t(i) * 2654435761u ^ (uint32_t(i >> 32) * 40503u) ^ seed;
@@ -63,7 +79,7 @@ struct Buffers {
   float* partial_out = nullptr;
   float* partial_lse = nullptr;
   void alloc(const Problem& pr) {
-    CK(cudaMalloc(&sched, sizeof(int) * MLA_SCHED_INTS(pr.batch, pr.parts())));
+    CK(cudaMalloc(&sched, sizeof(int) * sched_ints(pr.batch, pr.parts())));
     CK(cudaMalloc(&partial_out, sizeof(float) * size_t(2 * pr.parts()) * pr.rows() * MLA_LATENT_DIM));
     CK(cudaMalloc(&partial_lse, sizeof(float) * size_t(2 * pr.parts()) * pr.rows()));
   }
@@ -80,7 +96,7 @@ void launch(Kernel fn, const Problem& pr, const Buffers& bufs, const void* q, co
   p.partial_out = uint64_t(bufs.partial_out); p.partial_lse = uint64_t(bufs.partial_lse);
   p.batch = pr.batch; p.s_q = pr.s_q; p.h_q = pr.h_q; p.max_pages = pr.max_pages; p.num_parts = pr.parts();
   p.scale = pr.scale; p.scale_log2 = pr.scale * 1.4426950408889634f;
-  mla_decode_schedule<<<1, 32, 0, st>>>(p);
+  mla_decode_schedule<<<1, sched_threads(), sched_smem(pr.batch, pr.parts()), st>>>(p);
   fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
   mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
 }
@@ -278,6 +294,53 @@ double time_shape(Kernel fn, int batch, int h_q, int s_q, const std::vector<int>
   return median(ts) * 1e3;
 }
 
+// Median time of each launch of one shape (schedule, decode, combine), to
+// see what the fixed costs of short sequences are.
+void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
+  Problem pr{batch, 1, h_q, cdiv(s_k, MLA_PAGE), 1.f / sqrtf(float(MLA_HEAD_DIM))};
+  const int pages = batch * pr.max_pages;
+  std::vector<int> table(pages), lens(batch, s_k);
+  for (int i = 0; i < pages; ++i) table[i] = i;
+  int *d_table, *d_lens; __nv_bfloat16 *d_q, *d_out; float* d_lse;
+  CK(cudaMalloc(&d_table, pages * 4)); CK(cudaMalloc(&d_lens, batch * 4));
+  CK(cudaMalloc(&d_q, size_t(batch) * h_q * MLA_HEAD_DIM * 2));
+  CK(cudaMalloc(&d_out, size_t(batch) * h_q * MLA_LATENT_DIM * 2)); CK(cudaMalloc(&d_lse, size_t(batch) * h_q * 4));
+  CK(cudaMemcpy(d_table, table.data(), pages * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_lens, lens.data(), batch * 4, cudaMemcpyHostToDevice));
+  fill_random_bf16<<<256, 256>>>(d_q, size_t(batch) * h_q * MLA_HEAD_DIM, 5);
+  Buffers bufs; bufs.alloc(pr);
+  MlaDecodeParams p{};
+  p.q = uint64_t(d_q); p.cache = uint64_t(g_pool.cache); p.block_table = uint64_t(d_table); p.seq_lens = uint64_t(d_lens);
+  p.out = uint64_t(d_out); p.lse = uint64_t(d_lse); p.sched = uint64_t(bufs.sched);
+  p.partial_out = uint64_t(bufs.partial_out); p.partial_lse = uint64_t(bufs.partial_lse);
+  p.batch = batch; p.s_q = 1; p.h_q = h_q; p.max_pages = pr.max_pages; p.num_parts = pr.parts();
+  p.scale = pr.scale; p.scale_log2 = pr.scale * 1.4426950408889634f;
+  const int iters = 20;
+  std::vector<cudaEvent_t> ev(4 * iters);
+  for (auto& e : ev) CK(cudaEventCreate(&e));
+  for (int i = 0; i < iters; ++i) {
+    CK(cudaEventRecord(ev[4 * i]));
+    mla_decode_schedule<<<1, sched_threads(), sched_smem(batch, pr.parts())>>>(p);
+    CK(cudaEventRecord(ev[4 * i + 1]));
+    fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES>>>(p);
+    CK(cudaEventRecord(ev[4 * i + 2]));
+    mla_decode_combine<<<dim3(batch, cdiv(pr.rows(), 8)), 256>>>(p);
+    CK(cudaEventRecord(ev[4 * i + 3]));
+  }
+  CK(cudaDeviceSynchronize());
+  std::vector<float> t[3];
+  for (int i = 2; i < iters; ++i)
+    for (int j = 0; j < 3; ++j) {
+      float ms; CK(cudaEventElapsedTime(&ms, ev[4 * i + j], ev[4 * i + j + 1]));
+      t[j].push_back(ms * 1e3f);
+    }
+  printf("phases %s b=%d h_q=%d s_k=%d: schedule %.1f us, decode %.1f us, combine %.1f us\n", name, batch, h_q, s_k,
+         median(t[0]), median(t[1]), median(t[2]));
+  for (auto& e : ev) cudaEventDestroy(e);
+  bufs.release();
+  cudaFree(d_table); cudaFree(d_lens); cudaFree(d_q); cudaFree(d_out); cudaFree(d_lse);
+}
+
 int run_bench(const char* only) {
   const double copy = copy_bandwidth();
   printf("copy: device-to-device %.0f GB/s (read + write)\n", copy);
@@ -286,6 +349,12 @@ int run_bench(const char* only) {
   CK(cudaMalloc(&g_pool.cache, g_pool.pages * MLA_TILE_BYTES));
   fill_random_bf16<<<4096, 256>>>(g_pool.cache, g_pool.pages * MLA_TILE_BYTES / 2, 12345);
   CK(cudaDeviceSynchronize());
+  for (const Variant& v : kVariants) {
+    if (only && strcmp(only, v.name) != 0) continue;
+    phase_breakdown(v.fn, v.name, 64, 16, 1024);
+    phase_breakdown(v.fn, v.name, 128, 128, 4096);
+  }
+  const char* label = getenv("BENCH_LABEL");
   printf("\n| kernel | b | h_q | s_q | s_k | us | GB/s | TFLOP/s | of copy BW | FlashMLA us | of FlashMLA GB/s |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Variant& v : kVariants) {
@@ -294,7 +363,7 @@ int run_bench(const char* only) {
       double bytes, flops;
       std::vector<int> lens(a.b, a.sk);
       const double us = time_shape(v.fn, a.b, a.h, 1, lens, a.sk >= 16384 ? 10 : 30, &bytes, &flops);
-      printf("| %s | %d | %d | 1 | %d | %.1f | %.0f | %.0f | %.2f | %.1f | %.2f |\n", v.name, a.b, a.h, a.sk, us,
+      printf("| %s%s | %d | %d | 1 | %d | %.1f | %.0f | %.0f | %.2f | %.1f | %.2f |\n", label ? label : "", v.name, a.b, a.h, a.sk, us,
              bytes / us / 1e3, flops / us / 1e6, bytes / us / 1e3 / copy, a.us, a.us / us);
       fflush(stdout);
     }
@@ -307,7 +376,7 @@ int run_bench(const char* only) {
         for (int& l : lens) l = d(rng);
         double bytes, flops;
         const double us = time_shape(v.fn, 128, h, s_q, lens, 30, &bytes, &flops);
-        printf("| %s varlen | 128 | %d | %d | mean 4096 | %.1f | %.0f | %.0f | %.2f | | |\n", v.name, h, s_q, us,
+        printf("| %s%s varlen | 128 | %d | %d | mean 4096 | %.1f | %.0f | %.0f | %.2f | | |\n", label ? label : "", v.name, h, s_q, us,
                bytes / us / 1e3, flops / us / 1e6, bytes / us / 1e3 / copy);
         fflush(stdout);
       }

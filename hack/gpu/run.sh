@@ -45,6 +45,12 @@ if has build; then
 	step "build benchmark driver"
 	nvcc "${NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu 2>&1 | tee "$R/bench-build.log" || status=1
 	nvcc "${NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu >/dev/null 2>&1 || true
+	# An earlier kernel version to time side by side ($PREV_KERNEL_DIR holds
+	# its mla_decode.cu and mla_decode_params.h).
+	if [[ -f ${PREV_KERNEL_DIR:=.gpu-bin/prev}/mla_decode.cu ]]; then
+		nvcc "${NVCC_FLAGS[@]}" -DMLA_KERNEL_SOURCE="\"$PWD/$PREV_KERNEL_DIR/mla_decode.cu\"" -o /tmp/mla_bench_prev \
+			hack/gpu/mla_bench.cu 2>&1 | tail -n 3
+	fi
 fi
 
 if has check; then
@@ -60,11 +66,17 @@ if has gotest; then
 	step "Go engine GPU tests (gorgonia.org/cu + shim)"
 	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 240 "$GO_TEST_BIN" -test.v -test.count=1 2>&1 | tee "$R/gotest.log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|relative L2' || true
 	grep -q '^PASS' "$R/gotest.log" || status=1
+	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 120 "$GO_TEST_BIN" -test.run '^$' -test.bench . -test.benchtime 50x \
+		2>&1 | tee "$R/gobench.log" | grep -E 'Benchmark|ok|FAIL' || true
 fi
 
 if has bench; then
 	step "benchmark"
 	timeout 240 /tmp/mla_bench bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench.md" || status=1
+	if [[ -x /tmp/mla_bench_prev ]]; then
+		step "benchmark, previous version"
+		BENCH_LABEL=prev- timeout 120 /tmp/mla_bench_prev bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench-prev.md"
+	fi
 fi
 
 if has sanitize; then

@@ -55,6 +55,14 @@ func decodeCases() []decodeCase {
 	for i := range batch64 {
 		batch64[i] = 1 + rng.Int32N(700)
 	}
+	batch300 := make([]int32, 300)
+	for i := range batch300 {
+		batch300[i] = 1 + rng.Int32N(200)
+	}
+	uniform := make([]int32, 16)
+	for i := range uniform {
+		uniform[i] = 1000 // part boundaries snap to sequence starts
+	}
 	deepseek := float32(1 / math.Sqrt(192)) // (qk_nope + qk_rope)^-0.5
 	return []decodeCase{
 		{"page-edges", 16, 1, []int32{1, 63, 64, 65}, deepseek},
@@ -66,6 +74,9 @@ func decodeCases() []decodeCase {
 		{"one-sequence-many-splits", 128, 1, []int32{6000}, deepseek},
 		{"batch64", 16, 1, batch64, deepseek},
 		{"batch64", 64, 2, batch64, deepseek},
+		{"batch300", 16, 1, batch300, deepseek},
+		{"uniform", 64, 1, uniform, deepseek},
+		{"uniform", 128, 2, uniform, deepseek},
 	}
 }
 
@@ -327,5 +338,69 @@ func TestRegisteredAsCUDA(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("backends %v lack %q", engine.Backends(), Name)
+	}
+}
+
+// BenchmarkDecode times Engine.Decode end to end through the Go path: host
+// to device copies of q, block table and lengths, the three launches, and
+// the copies of out and lse back. hack/gpu/mla_bench.cu times the kernels
+// alone.
+func BenchmarkDecode(b *testing.B) {
+	for _, bc := range []struct{ batch, heads, seqLen int }{{64, 64, 4096}, {128, 128, 4096}} {
+		b.Run(fmt.Sprintf("b%d-h%d-sk%d", bc.batch, bc.heads, bc.seqLen), func(b *testing.B) {
+			e, err := New(Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Close()
+			pagesPer := bc.seqLen / engine.PageSize
+			shape := engine.CacheShape{Layers: 1, Pages: bc.batch * pagesPer}
+			c, err := e.NewCache(shape)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			rng := rand.New(rand.NewPCG(1, 2))
+			const chunk = 4096
+			slots := make([]int32, chunk)
+			rows := make([]uint16, chunk*engine.RowDim)
+			for i := range rows {
+				rows[i] = randomBF16(rng)
+			}
+			for start := 0; start < shape.Pages*engine.PageSize; start += chunk {
+				for i := range slots {
+					slots[i] = int32(start + i)
+				}
+				if err := c.WriteRows(0, slots, rows); err != nil {
+					b.Fatal(err)
+				}
+			}
+			perm := rng.Perm(shape.Pages)
+			table := make([]int32, len(perm))
+			for i, p := range perm {
+				table[i] = int32(p)
+			}
+			lens := make([]int32, bc.batch)
+			for i := range lens {
+				lens[i] = int32(bc.seqLen)
+			}
+			q := make([]uint16, bc.batch*bc.heads*engine.RowDim)
+			for i := range q {
+				q[i] = randomBF16(rng)
+			}
+			req := &engine.DecodeRequest{Batch: bc.batch, SQ: 1, Heads: bc.heads, Q: q, BlockTable: table,
+				MaxPages: pagesPer, SeqLens: lens, Scale: 0.07,
+				Out: make([]uint16, bc.batch*bc.heads*engine.LatentDim), LSE: make([]float32, bc.batch*bc.heads)}
+			ctx := context.Background()
+			if err := e.Decode(ctx, c, req); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				if err := e.Decode(ctx, c, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

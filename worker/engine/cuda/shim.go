@@ -24,6 +24,8 @@ static CUresult mla_launch(CUfunction f, unsigned gx, unsigned gy, unsigned bloc
 	return cuLaunchKernel(f, gx, gy, 1, block, 1, 1, smem, stream, args, NULL);
 }
 
+static int mla_sched_ints(int batch, int parts) { return MLA_SCHED_INTS(batch, parts); }
+
 static const char* mla_error_name(CUresult r) {
 	const char* s = NULL;
 	if (cuGetErrorName(r, &s) != CUDA_SUCCESS || s == NULL) return "unknown CUDA error";
@@ -44,7 +46,6 @@ const (
 	smemBytes     = int(C.MLA_SMEM_BYTES)
 	decodeThreads = int(C.MLA_THREADS)
 	tileRows      = int(C.MLA_TILE_ROWS)
-	schedHeader   = int(C.MLA_SCHED_HEADER)
 )
 
 type decodeParams = C.MlaDecodeParams
@@ -115,4 +116,4 @@ func launchRowCopy(f cu.Function, gridX, block int, s cu.Stream, p *rowCopyParam
 		"cuLaunchKernel")
 }
 
-func schedInts(batch, parts int) int { return int(C.MLA_SCHED_HEADER) + 2*batch + 1 + parts }
+func schedInts(batch, parts int) int { return int(C.mla_sched_ints(C.int(batch), C.int(parts))) }
