@@ -13,3 +13,9 @@ var ClusterYAML []byte
 //
 //go:embed kwok.yaml
 var KwokYAML []byte
+
+// KwokAllPodsYAML is kwok.yaml without the worker exclusion
+// (kwok-all-pods.yaml): kwok runs every pod, for the scale benchmark.
+//
+//go:embed kwok-all-pods.yaml
+var KwokAllPodsYAML []byte

@@ -46,6 +46,8 @@ type Options struct {
 	OperatorArgs   []string
 	// Backoff of crashed workers; zero uses the runtime's default.
 	Backoff processruntime.Backoff
+	// KwokConfigYAML replaces config/local/kwok.yaml.
+	KwokConfigYAML []byte
 	// Logf reports progress; nil is silent.
 	Logf func(format string, args ...any)
 }
@@ -116,14 +118,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 
 	logf("starting kwok with %d simulated GPU nodes", len(c.Nodes))
-	c.kwok, err = kwok.Start(ctx, kwok.Options{Binary: filepath.Join(opts.BinDir, "kwok"), Kubeconfig: c.KubeconfigPath, WorkDir: c.WorkDir, PodCIDRs: c.PodCIDRs})
+	c.kwok, err = kwok.Start(ctx, kwok.Options{Binary: filepath.Join(opts.BinDir, "kwok"), Kubeconfig: c.KubeconfigPath, WorkDir: c.WorkDir, PodCIDRs: c.PodCIDRs, ConfigYAML: opts.KwokConfigYAML})
 	if err != nil {
 		return nil, err
 	}
 	if err := c.createNodes(ctx); err != nil {
 		return nil, err
 	}
-	if err := c.waitNodesSchedulable(ctx, 2*time.Minute); err != nil {
+	if err := c.waitNodesSchedulable(ctx, max(2*time.Minute, time.Duration(len(c.Nodes))*200*time.Millisecond)); err != nil {
 		return nil, err
 	}
 
