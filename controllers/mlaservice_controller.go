@@ -1,0 +1,399 @@
+// Package controllers holds the MLAService reconciler: it reads the
+// cluster, asks the pure packages what to do (placement, workerplan,
+// autoscale, statusmanager) and carries it out through the managers
+// (podmanager, workeraccount, statusmanager.Writer).
+//
+// The flow: MLAService -> placement (which nodes) -> workerpod (the pods)
+// -> the worker runs and reports on its pod (workerreport) -> statusmanager
+// (status and conditions) -> autoscale (replicas) -> around again.
+package controllers
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/mla-operator/mla-operator/api/v1alpha1"
+	"github.com/mla-operator/mla-operator/internal/autoscale"
+	"github.com/mla-operator/mla-operator/internal/capacity"
+	"github.com/mla-operator/mla-operator/internal/placement"
+	"github.com/mla-operator/mla-operator/internal/podmanager"
+	"github.com/mla-operator/mla-operator/internal/statusmanager"
+	"github.com/mla-operator/mla-operator/internal/workeraccount"
+	"github.com/mla-operator/mla-operator/internal/workerplan"
+	"github.com/mla-operator/mla-operator/internal/workerpod"
+	"github.com/mla-operator/mla-operator/internal/workerreport"
+)
+
+// Options tune the reconciler; the zero value takes the defaults.
+type Options struct {
+	// ReportStaleAfter is how old a worker's report may be and still count.
+	ReportStaleAfter time.Duration
+	// NodeLostGrace is how long a node may be NotReady before its workers
+	// are placed elsewhere.
+	NodeLostGrace time.Duration
+	// UnplacedRetry is how soon to retry placing workers that found no node.
+	UnplacedRetry time.Duration
+	// MaxConcurrentReconciles bounds parallel reconciles.
+	MaxConcurrentReconciles int
+}
+
+// Defaults.
+const (
+	DefaultNodeLostGrace = 2 * time.Minute
+	DefaultUnplacedRetry = 15 * time.Second
+	// autoscalePeriod bounds how often an autoscaled service is looked at
+	// when nothing else changes.
+	maxAutoscalePeriod = 15 * time.Second
+	minAutoscalePeriod = time.Second
+)
+
+func (o Options) withDefaults() Options {
+	o.ReportStaleAfter = cmp.Or(o.ReportStaleAfter, workerreport.DefaultStaleAfter)
+	o.NodeLostGrace = cmp.Or(o.NodeLostGrace, DefaultNodeLostGrace)
+	o.UnplacedRetry = cmp.Or(o.UnplacedRetry, DefaultUnplacedRetry)
+	o.MaxConcurrentReconciles = cmp.Or(o.MaxConcurrentReconciles, 1)
+	return o
+}
+
+// MLAServiceReconciler reconciles MLAServices.
+type MLAServiceReconciler struct {
+	Client   client.Client
+	Recorder events.EventRecorder
+	Pods     *podmanager.Manager
+	Status   statusmanager.Writer
+	Clock    clock.PassiveClock
+	Options  Options
+
+	mu          sync.Mutex
+	stabilizers map[types.NamespacedName]*autoscale.Stabilizer
+}
+
+// NewReconciler wires a reconciler to mgr.
+func NewReconciler(mgr ctrl.Manager, opts Options) *MLAServiceReconciler {
+	return &MLAServiceReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("mla-operator"),
+		Pods:     &podmanager.Manager{Client: mgr.GetClient()},
+		Status:   statusmanager.Writer{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()},
+		Clock:    clock.RealClock{},
+		Options:  opts.withDefaults(),
+	}
+}
+
+// +kubebuilder:rbac:groups=inference.mla.dev,resources=mlaservices,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=inference.mla.dev,resources=mlaservices/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=inference.mla.dev,resources=mlaservices/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete;patch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+
+// SetupWithManager registers the reconciler: MLAServices, the pods they
+// own, and node changes that alter what placement can do.
+func (r *MLAServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.MLAService{}).
+		Owns(&corev1.Pod{}).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allServices), builder.WithPredicates(nodeChanged())).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
+		Named("mlaservice").
+		Complete(r)
+}
+
+// allServices enqueues every service: a node change can make room, or take
+// it away, for any of them.
+func (r *MLAServiceReconciler) allServices(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list v1alpha1.MLAServiceList
+	if err := r.Client.List(ctx, &list); err != nil {
+		log.FromContext(ctx).Error(err, "listing MLAServices for a node change")
+		return nil
+	}
+	reqs := make([]reconcile.Request, len(list.Items))
+	for i, s := range list.Items {
+		reqs[i] = reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: s.Name}}
+	}
+	return reqs
+}
+
+// nodeChanged passes node events that matter to placement: not heartbeats.
+func nodeChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		a, ok1 := e.ObjectOld.(*corev1.Node)
+		b, ok2 := e.ObjectNew.(*corev1.Node)
+		if !ok1 || !ok2 {
+			return true
+		}
+		ready := func(n *corev1.Node) corev1.ConditionStatus {
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady {
+					return c.Status
+				}
+			}
+			return corev1.ConditionUnknown
+		}
+		return ready(a) != ready(b) || a.Spec.Unschedulable != b.Spec.Unschedulable ||
+			!equality.Semantic.DeepEqual(a.Spec.Taints, b.Spec.Taints) ||
+			!equality.Semantic.DeepEqual(a.Labels, b.Labels) ||
+			!equality.Semantic.DeepEqual(a.Status.Allocatable, b.Status.Allocatable)
+	}}
+}
+
+// Reconcile brings one service's workers to its spec and writes its status.
+func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	start := r.Clock.Now()
+	defer func() { reconcileSeconds.Observe(r.Clock.Since(start).Seconds()) }()
+	logger := log.FromContext(ctx)
+
+	var svc v1alpha1.MLAService
+	if err := r.Client.Get(ctx, req.NamespacedName, &svc); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.NamespacedName)
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if svc.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil // owner references let the garbage collector take the workers
+	}
+	o := r.Options
+
+	var nodeList corev1.NodeList
+	if err := r.Client.List(ctx, &nodeList); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
+	}
+	var podList corev1.PodList
+	if err := r.Client.List(ctx, &podList); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing pods: %w", err)
+	}
+	now := r.Clock.Now()
+	pods := r.Pods.Observe(podList.Items, now)
+	nodes := make(map[string]*corev1.Node, len(nodeList.Items))
+	for i := range nodeList.Items {
+		nodes[nodeList.Items[i].Name] = &nodeList.Items[i]
+	}
+
+	cfg, specErr := capacity.FromSpec(&svc.Spec)
+	survey := placement.Result{}
+	if specErr == nil {
+		survey = placement.Place(placement.Request{Service: &svc, Config: cfg, Nodes: nodeList.Items, Pods: pods})
+	}
+	feasibility := statusmanager.JudgeFeasibility(&svc.Spec, specErr, survey)
+	revision := workerpod.Revision(&svc.Spec)
+	desired := ptrOr(svc.Spec.Replicas, 1)
+
+	own := ownedBy(&svc, pods)
+	agg := statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, now, o.ReportStaleAfter)
+
+	// Autoscaling owns spec.replicas while it is set.
+	if a := svc.Spec.Autoscaling; a != nil && !feasibility.Blocked {
+		next, err := r.autoscale(ctx, &svc, agg, now)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		desired = next
+	}
+
+	if svc.Spec.Worker.ServiceAccountName == "" && !feasibility.Blocked {
+		if err := workeraccount.Ensure(ctx, r.Client, &svc); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	plan := workerplan.Decide(workerplan.Input{Service: &svc, Revision: revision, Pods: own, Nodes: nodes,
+		Desired: desired, Frozen: feasibility.Blocked, Now: now, NodeLostGrace: o.NodeLostGrace, StaleAfter: o.ReportStaleAfter})
+
+	var drainGrace *time.Duration
+	if svc.Spec.Autoscaling != nil {
+		d := autoscale.DrainGrace(svc.Spec.Autoscaling)
+		drainGrace = &d
+	}
+	for _, d := range plan.Deletions {
+		opts := podmanager.DeleteOptions{}
+		switch {
+		case d.Force:
+			opts.GracePeriod = new(time.Duration)
+		case d.Drain:
+			opts.GracePeriod, opts.DrainReason = drainGrace, d.Message
+		}
+		if err := r.Pods.Delete(ctx, d.Pod, opts, now); err != nil {
+			return ctrl.Result{}, err
+		}
+		eventType := corev1.EventTypeNormal
+		if d.Reason == workerplan.ReasonFailed || d.Reason == workerplan.ReasonNodeGone || d.Reason == workerplan.ReasonNodeNotReady {
+			eventType = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(&svc, d.Pod, eventType, d.Reason, "DeleteWorker", "%s", d.Message)
+		logger.Info("deleting worker", "pod", d.Pod.Name, "reason", d.Reason)
+	}
+
+	unplaced := 0
+	var rejections string
+	if len(plan.Create) > 0 {
+		res := placement.Place(placement.Request{Service: &svc, Config: cfg, Nodes: nodeList.Items, Pods: pods, Count: len(plan.Create)})
+		strategy := string(cmp.Or(svc.Spec.Placement.Strategy, v1alpha1.MostCapacity))
+		for i, a := range res.Assignments {
+			pod := workerpod.Build(workerpod.Params{Service: &svc, Config: cfg, Revision: revision, Name: plan.Create[i],
+				Node: a.Node, GPUProduct: a.GPU.Product, Estimate: a.Estimate})
+			if err := r.Pods.Create(ctx, pod, now); err != nil {
+				return ctrl.Result{}, err
+			}
+			placementDecisions.WithLabelValues(strategy, a.GPU.Product, "placed").Inc()
+			r.Recorder.Eventf(&svc, pod, corev1.EventTypeNormal, "Placed", "CreateWorker",
+				"worker %s on node %s (%s, %d KV tokens predicted, %s)", pod.Name, a.Node, a.GPU.Product, a.Estimate.Tokens, strategy)
+			logger.Info("placed worker", "pod", pod.Name, "node", a.Node, "gpu", a.GPU.Product, "tokens", a.Estimate.Tokens)
+		}
+		if res.Unplaced > 0 {
+			unplaced, rejections = res.Unplaced, statusmanager.SummarizeRejections(res.Rejected)
+			placementDecisions.WithLabelValues(strategy, "", "unplaced").Add(float64(res.Unplaced))
+			r.Recorder.Eventf(&svc, nil, corev1.EventTypeWarning, "FailedPlacement", "CreateWorker",
+				"%d workers cannot be placed: %s", res.Unplaced, rejections)
+		}
+	}
+
+	// The status describes the cluster as it is about to be.
+	own = ownedBy(&svc, r.Pods.Observe(podList.Items, now))
+	agg = statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, now, o.ReportStaleAfter)
+	status := svc.Status.DeepCopy()
+	status.ObservedGeneration = svc.Generation
+	status.Replicas, status.ReadyReplicas, status.UpdatedReplicas = agg.Replicas, agg.ReadyReplicas, agg.UpdatedReplicas
+	status.Selector = labels.SelectorFromSet(map[string]string{v1alpha1.LabelService: svc.Name, v1alpha1.LabelComponent: v1alpha1.ComponentWorker}).String()
+	status.KVCache, status.MaxContextLength, status.Workers = agg.KVCache, agg.MaxContextLength, agg.Workers
+	status.GPUProducts = survey.Products
+	before := meta.FindStatusCondition(svc.Status.Conditions, v1alpha1.ConditionContextLimitFeasible)
+	status.Conditions = statusmanager.Conditions(svc.Status.Conditions, statusmanager.Observation{
+		Generation: svc.Generation, Desired: desired, Aggregate: agg, Feasibility: feasibility,
+		Unplaced: unplaced, Rejections: rejections, Failed: plan.Failed, Rolling: plan.Rolling, ScalingDown: plan.ScalingDown})
+	if feasibility.Blocked && (before == nil || before.Reason != feasibility.Reason || before.Message != feasibility.Message) {
+		r.Recorder.Eventf(&svc, nil, corev1.EventTypeWarning, feasibility.Reason, "Place", "%s", feasibility.Message)
+	}
+	if err := r.Status.Write(ctx, req.NamespacedName, status); err != nil {
+		return ctrl.Result{}, err
+	}
+	recordServiceMetrics(&svc, agg, desired, feasibility.Blocked)
+
+	return ctrl.Result{RequeueAfter: r.requeueAfter(&svc, agg, plan, unplaced)}, nil
+}
+
+// autoscale computes and, when it changes, writes spec.replicas.
+func (r *MLAServiceReconciler) autoscale(ctx context.Context, svc *v1alpha1.MLAService, agg statusmanager.Aggregate, now time.Time) (int32, error) {
+	policy := autoscale.PolicyFromSpec(svc.Spec.Autoscaling)
+	current := ptrOr(svc.Spec.Replicas, policy.Min)
+	next := r.stabilizer(client.ObjectKeyFromObject(svc)).Next(now, current, autoscale.Recommend(current, agg.Load, policy), policy)
+	if next == current {
+		return current, nil
+	}
+	patch := client.MergeFromWithOptions(svc.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	svc.Spec.Replicas = &next
+	if err := r.Client.Patch(ctx, svc, patch); err != nil {
+		return 0, fmt.Errorf("autoscaling %s to %d replicas: %w", client.ObjectKeyFromObject(svc), next, err)
+	}
+	autoscaleEvents.WithLabelValues(direction(current, next)).Inc()
+	r.Recorder.Eventf(svc, nil, corev1.EventTypeNormal, "Autoscaled", "Scale",
+		"%d -> %d workers: KV utilization %.2f (%d of %d tokens, %d waiting requests) against target %.2f",
+		current, next, ratio(agg.Load.UsedTokens, agg.Load.CapacityTokens), agg.Load.UsedTokens, agg.Load.CapacityTokens,
+		agg.Load.WaitingRequests, policy.Target)
+	return next, nil
+}
+
+func (r *MLAServiceReconciler) stabilizer(key types.NamespacedName) *autoscale.Stabilizer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stabilizers == nil {
+		r.stabilizers = map[types.NamespacedName]*autoscale.Stabilizer{}
+	}
+	s := r.stabilizers[key]
+	if s == nil {
+		s = &autoscale.Stabilizer{}
+		r.stabilizers[key] = s
+	}
+	return s
+}
+
+func (r *MLAServiceReconciler) forget(key types.NamespacedName) {
+	r.mu.Lock()
+	delete(r.stabilizers, key)
+	r.mu.Unlock()
+	forgetServiceMetrics(key)
+}
+
+// requeueAfter is when to look again without a watch event: when a counted
+// report goes stale, when a NotReady node's grace ends, to retry placement,
+// and regularly while autoscaling.
+func (r *MLAServiceReconciler) requeueAfter(svc *v1alpha1.MLAService, agg statusmanager.Aggregate, plan workerplan.Plan, unplaced int) time.Duration {
+	var after time.Duration
+	take := func(d time.Duration) {
+		if d > 0 && (after == 0 || d < after) {
+			after = d
+		}
+	}
+	take(agg.NextStale)
+	take(plan.RecheckAfter)
+	if unplaced > 0 {
+		take(r.Options.UnplacedRetry)
+	}
+	if a := svc.Spec.Autoscaling; a != nil {
+		p := autoscale.PolicyFromSpec(a)
+		take(min(max(min(p.UpWindow, p.DownWindow)/4, minAutoscalePeriod), maxAutoscalePeriod))
+	}
+	return after
+}
+
+// ownedBy returns the pods svc controls.
+func ownedBy(svc *v1alpha1.MLAService, pods []corev1.Pod) []corev1.Pod {
+	var out []corev1.Pod
+	for i := range pods {
+		p := &pods[i]
+		if p.Namespace != svc.Namespace || p.Labels[v1alpha1.LabelService] != svc.Name {
+			continue
+		}
+		if ref := metav1.GetControllerOf(p); ref == nil || ref.UID != svc.UID {
+			continue // a look-alike pod, or one of a deleted service of the same name
+		}
+		out = append(out, *p)
+	}
+	return out
+}
+
+func ptrOr(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func ratio(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func direction(from, to int32) string {
+	if to > from {
+		return "up"
+	}
+	return "down"
+}
