@@ -113,7 +113,7 @@ func run() error {
 		CRDDir:         *crdDir,
 		WorkerBinary:   *worker,
 		OperatorBinary: *operator,
-		OperatorArgs:   append(localcluster.DefaultOperatorArgs(), operatorArgs...),
+		OperatorArgs:   operatorArgs,
 		Logf:           logf,
 	})
 	if err != nil {

@@ -7,8 +7,10 @@ package localcluster
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,7 +43,8 @@ type Options struct {
 	// WorkerBinary, when set, runs worker pods as processes.
 	WorkerBinary string
 	// OperatorBinary, when set, runs the operator with OperatorArgs and
-	// KUBECONFIG pointing at the cluster.
+	// KUBECONFIG pointing at the cluster; its metrics and health endpoints
+	// get free loopback ports unless OperatorArgs set them.
 	OperatorBinary string
 	OperatorArgs   []string
 	// Backoff of crashed workers; zero uses the runtime's default.
@@ -60,6 +63,8 @@ type Cluster struct {
 	Client         kubernetes.Interface
 	PodCIDRs       clusterconfig.PodCIDRs
 	Nodes          []*corev1.Node
+	// OperatorMetricsAddr is the operator's /metrics host:port.
+	OperatorMetricsAddr string
 
 	opts        Options
 	tempWorkDir bool
@@ -150,8 +155,13 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	if opts.OperatorBinary != "" {
 		logf("starting the operator")
+		args, metrics, err := operatorArgs(opts.OperatorArgs)
+		if err != nil {
+			return nil, err
+		}
+		c.OperatorMetricsAddr = metrics
 		env := append(os.Environ(), "KUBECONFIG="+c.KubeconfigPath)
-		c.operator, err = childproc.Start(childproc.Spec{Name: "operator", Path: opts.OperatorBinary, Args: opts.OperatorArgs,
+		c.operator, err = childproc.Start(childproc.Spec{Name: "operator", Path: opts.OperatorBinary, Args: args,
 			Env: env, LogPath: c.OperatorLogPath()})
 		if err != nil {
 			return nil, err
@@ -298,7 +308,45 @@ func (c *Cluster) Stop() {
 	})
 }
 
-// DefaultOperatorArgs are the operator flags the local cluster passes: its
-// metrics and health endpoints on loopback ports of their own, so `make run`
-// and the e2e tests can run side by side.
-func DefaultOperatorArgs() []string { return nil }
+// operatorArgs adds the operator's metrics and health endpoints on loopback
+// ports of their own (unless args set them), so `make run` and the e2e tests
+// can run side by side; it returns the metrics address.
+func operatorArgs(args []string) ([]string, string, error) {
+	metrics := ""
+	has := func(flag string) bool {
+		for _, a := range args {
+			if v, ok := strings.CutPrefix(strings.TrimLeft(a, "-"), flag+"="); ok {
+				if flag == "metrics-bind-address" {
+					metrics = v
+				}
+				return true
+			}
+		}
+		return false
+	}
+	out := append([]string(nil), args...)
+	for _, flag := range []string{"metrics-bind-address", "health-probe-bind-address"} {
+		if has(flag) {
+			continue
+		}
+		addr, err := freeLoopbackAddr()
+		if err != nil {
+			return nil, "", err
+		}
+		if flag == "metrics-bind-address" {
+			metrics = addr
+		}
+		out = append(out, "--"+flag+"="+addr)
+	}
+	return out, metrics, nil
+}
+
+// freeLoopbackAddr is a 127.0.0.1 port free right now.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("finding a free loopback port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}

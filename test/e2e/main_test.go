@@ -70,7 +70,6 @@ func runMain(m *testing.M) int {
 		CRDDir:         filepath.Join(root, "config", "crd", "bases"),
 		WorkerBinary:   filepath.Join(binDir, "worker"),
 		OperatorBinary: filepath.Join(binDir, "operator"),
-		OperatorArgs:   localcluster.DefaultOperatorArgs(),
 		Logf: func(f string, a ...any) {
 			if verbose || !strings.HasPrefix(f, "runtime: ") {
 				fmt.Fprintf(os.Stderr, "e2e cluster: "+f+"\n", a...)

@@ -111,7 +111,7 @@ func TestScale(t *testing.T) {
 		CRDDir:         filepath.Join(root, "config", "crd", "bases"),
 		KwokConfigYAML: local.KwokAllPodsYAML,
 		OperatorBinary: filepath.Join(bin, "operator"),
-		OperatorArgs:   append(localcluster.DefaultOperatorArgs(), "--metrics-bind-address="+metricsAddr),
+		OperatorArgs:   []string{"--metrics-bind-address=" + metricsAddr},
 		Logf:           t.Logf,
 	})
 	if err != nil {
