@@ -23,7 +23,7 @@ cat kernels/.ptxas.log
 	cuobjdump --dump-resource-usage "$out" | sed -e 's/^[[:space:]]*//'
 	echo
 	echo "# ptxas -v"
-	grep -v '^$' kernels/.ptxas.log | sed -e 's/^ptxas info *: //'
+	grep -v -e "^$" -e "Compile time = " kernels/.ptxas.log | sed -e "s/^ptxas info *: //"
 } >"$report"
 rm -f kernels/.ptxas.log
 
