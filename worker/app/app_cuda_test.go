@@ -143,24 +143,18 @@ func TestGPUWorkerDecodeMatchesCPUEngine(t *testing.T) {
 			if err := ref.Decode(ctx, cpu, step); err != nil {
 				t.Fatal(err)
 			}
-			bad := 0
-			for i := range step.Out {
-				a, b := float64(bf16.ToFloat32(got.Out[i])), float64(bf16.ToFloat32(step.Out[i]))
-				if math.Abs(a-b) > 1e-2*math.Abs(b)+2e-4 || math.IsNaN(a) {
-					if bad++; bad <= 5 {
-						t.Errorf("out[%d]: GPU %g, CPU %g", i, a, b)
-					}
-				}
+			worstRMS, worstMax, worstLSE := 0.0, 0.0, 0.0
+			for row := 0; row < len(step.Out)/engine.LatentDim; row++ {
+				i := row * engine.LatentDim
+				rms, mx := rowError(got.Out[i:i+engine.LatentDim], step.Out[i:i+engine.LatentDim])
+				worstRMS, worstMax = math.Max(worstRMS, rms), math.Max(worstMax, mx)
 			}
 			for i := range step.LSE {
-				if d := math.Abs(float64(got.LSE[i] - step.LSE[i])); d > 1e-3*math.Abs(float64(step.LSE[i]))+1e-3 {
-					if bad++; bad <= 10 {
-						t.Errorf("lse[%d]: GPU %g, CPU %g", i, got.LSE[i], step.LSE[i])
-					}
-				}
+				worstLSE = math.Max(worstLSE, math.Abs(float64(got.LSE[i]-step.LSE[i])))
 			}
-			if bad > 0 {
-				t.Errorf("%d values differ", bad)
+			t.Logf("worst head: relative RMS error %.2g, relative max error %.2g; max |lse gpu - cpu| %.2g", worstRMS, worstMax, worstLSE)
+			if worstRMS > maxRelRMS || worstMax > maxRelMax || !(worstLSE <= 1e-3) {
+				t.Error("GPU worker's decode differs from the CPU engine beyond bf16 rounding")
 			}
 		})
 	}
