@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,6 +75,41 @@ func TestAutoscalingFollowsKVLoad(t *testing.T) {
 		t.Errorf("spec.replicas %d after scale-up, want 2 or 3 (max 3)", *up.Spec.Replicas)
 	}
 
+	// Watch every version of the workers from here on: a drained worker
+	// that holds nothing exits at once, so polling could miss its last
+	// versions. Removed workers must have been drained first (the
+	// operator's drain annotation or a draining report) and deleted with a
+	// grace period rather than killed outright.
+	watch, err := cluster.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelService + "=auto"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Stop()
+	var mu sync.Mutex
+	drained, graceful, removed := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	go func() {
+		for ev := range watch.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			mu.Lock()
+			if p.Annotations[v1alpha1.AnnotationDrainReason] != "" {
+				drained[p.Name] = true
+			}
+			if r, ok, _ := report.Parse(p.Annotations); ok && r.Draining {
+				drained[p.Name] = true
+			}
+			if p.DeletionTimestamp != nil && p.DeletionGracePeriodSeconds != nil && *p.DeletionGracePeriodSeconds > 0 {
+				graceful[p.Name] = true
+			}
+			if ev.Type == "DELETED" {
+				removed[p.Name] = true
+			}
+			mu.Unlock()
+		}
+	}()
+
 	for _, id := range seqs {
 		if err := wc.FreeSequence(ctx, id); err != nil {
 			t.Fatalf("freeing sequence %d: %v", id, err)
@@ -81,58 +117,28 @@ func TestAutoscalingFollowsKVLoad(t *testing.T) {
 	}
 	loadStopped := time.Now()
 
-	// Watch the workers go: each one removed must have been drained first
-	// (the operator's drain annotation or a draining report) rather than
-	// deleted outright.
-	drained := map[string]bool{}
-	seen := map[string]bool{}
 	eventually(t, 3*time.Minute, "scale down after the window", func() error {
-		var all corev1.PodList
-		if err := k8s.List(context.Background(), &all, clientInNamespace(ns)); err != nil {
-			return err
-		}
-		live := 0
-		for _, p := range all.Items {
-			seen[p.Name] = true
-			if p.Annotations[v1alpha1.AnnotationDrainReason] != "" {
-				drained[p.Name] = true
-			}
-			if r, ok, _ := report.Parse(p.Annotations); ok && r.Draining {
-				drained[p.Name] = true
-			}
-			if p.DeletionTimestamp == nil {
-				live++
-			}
-		}
 		s := getService(t, ns, "auto")
+		live := len(workers(t, ns, "auto"))
 		if live != 1 || s.Status.Replicas != 1 || s.Status.ReadyReplicas != 1 {
 			return fmt.Errorf("%d live worker pods, status %d/%d ready", live, s.Status.ReadyReplicas, s.Status.Replicas)
 		}
-		return nil
+		return statusMatchesPods(t, s)
 	})
 	if el := time.Since(loadStopped); el < 15*time.Second {
 		t.Errorf("scaled down %s after the load stopped, inside the 15 s window", el.Round(time.Second))
 	}
-	removed := 0
-	for name := range seen {
-		if stillThere(t, ns, name) {
-			continue
-		}
-		removed++
+	mu.Lock()
+	defer mu.Unlock()
+	if len(removed) == 0 {
+		t.Error("no worker was removed on scale-down")
+	}
+	for name := range removed {
 		if !drained[name] {
 			t.Errorf("worker %s was removed without being drained first", name)
 		}
-	}
-	if removed == 0 {
-		t.Error("no worker was removed on scale-down")
-	}
-}
-
-func stillThere(t *testing.T, ns, name string) bool {
-	for _, p := range workers(t, ns, "auto") {
-		if p.Name == name {
-			return true
+		if !graceful[name] {
+			t.Errorf("worker %s was deleted without a grace period to drain in", name)
 		}
 	}
-	return false
 }

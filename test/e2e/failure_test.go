@@ -45,7 +45,12 @@ func TestWorkersComeBackAfterNodeLossAndProcessKill(t *testing.T) {
 			if svc.Status.KVCache.CapacityTokens != capacityBefore {
 				return fmt.Errorf("capacity %d tokens, was %d", svc.Status.KVCache.CapacityTokens, capacityBefore)
 			}
-			return nil
+			for _, w := range svc.Status.Workers {
+				if w.Node == node {
+					return fmt.Errorf("status still lists worker %s on deleted node %s", w.Pod, node)
+				}
+			}
+			return statusMatchesPods(t, svc)
 		})
 		checkCapacity(t, getService(t, ns, "resilient"))
 	})
@@ -75,7 +80,7 @@ func TestWorkersComeBackAfterNodeLossAndProcessKill(t *testing.T) {
 					return fmt.Errorf("worker %s not restarted yet", p.Name)
 				}
 			}
-			return nil
+			return statusMatchesPods(t, svc)
 		})
 		checkCapacity(t, getService(t, ns, "resilient"))
 	})

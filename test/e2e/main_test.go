@@ -251,9 +251,31 @@ func readyWith(t *testing.T, ns, name string, n int32, timeout time.Duration) *v
 		if svc.Status.ReadyReplicas != n || svc.Status.Replicas != n {
 			return fmt.Errorf("%d ready of %d workers, want %d", svc.Status.ReadyReplicas, svc.Status.Replicas, n)
 		}
-		return nil
+		return statusMatchesPods(t, svc)
 	})
 	return svc
+}
+
+// statusMatchesPods checks that the status lists exactly the live worker
+// pods, each ready: a status written before the last change of pods cannot
+// pass for the outcome of that change.
+func statusMatchesPods(t *testing.T, svc *v1alpha1.MLAService) error {
+	live := map[string]bool{}
+	for _, p := range workers(t, svc.Namespace, svc.Name) {
+		live[p.Name] = true
+	}
+	if len(svc.Status.Workers) != len(live) {
+		return fmt.Errorf("status lists %d workers, %d worker pods are live", len(svc.Status.Workers), len(live))
+	}
+	for _, w := range svc.Status.Workers {
+		if !live[w.Pod] {
+			return fmt.Errorf("status lists worker %s, which is gone or terminating", w.Pod)
+		}
+		if !w.Ready {
+			return fmt.Errorf("worker %s not ready in status", w.Pod)
+		}
+	}
+	return nil
 }
 
 // expectedTokens is what the capacity model says a worker of spec holds on
