@@ -44,16 +44,15 @@ const Variant kVariants[] = {{"mma", mla_decode_mma}, {"wgmma", mla_decode_wgmma
 
 int g_sms = 0;
 
-// Scheduler launch shape; kernels before the shared-memory scheduler used one
-// warp (kept so an earlier version can be timed side by side).
-#ifdef MLA_SCHED_THREADS
-int sched_threads() { return MLA_SCHED_THREADS; }
-int sched_smem(int batch, int parts) { return mla_sched_smem_bytes(batch, parts); }
-int sched_ints(int batch, int parts) { return mla_sched_ints(batch, parts); }
+// The committed kernel schedules in a separate one-warp launch; the v6
+// experiment (docs/kernel-notes.md) fused it into the decode kernel and
+// defines MLA_FUSED_SCHEDULE. Both can be timed side by side.
+#ifdef MLA_FUSED_SCHEDULE
+constexpr bool kSeparateSchedule = false;
+void launch_schedule(const MlaDecodeParams&, cudaStream_t) {}
 #else
-int sched_threads() { return 32; }
-int sched_smem(int, int) { return 0; }
-int sched_ints(int batch, int parts) { return MLA_SCHED_INTS(batch, parts); }
+constexpr bool kSeparateSchedule = true;
+void launch_schedule(const MlaDecodeParams& p, cudaStream_t st) { mla_decode_schedule<<<1, 32, 0, st>>>(p); }
 #endif
 
 __global__ void fill_random_bf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
@@ -79,7 +78,7 @@ struct Buffers {
   float* partial_out = nullptr;
   float* partial_lse = nullptr;
   void alloc(const Problem& pr) {
-    CK(cudaMalloc(&sched, sizeof(int) * sched_ints(pr.batch, pr.parts())));
+    CK(cudaMalloc(&sched, sizeof(int) * MLA_SCHED_INTS(pr.batch, pr.parts())));
     CK(cudaMalloc(&partial_out, sizeof(float) * size_t(2 * pr.parts()) * pr.rows() * MLA_LATENT_DIM));
     CK(cudaMalloc(&partial_lse, sizeof(float) * size_t(2 * pr.parts()) * pr.rows()));
   }
@@ -96,7 +95,7 @@ void launch(Kernel fn, const Problem& pr, const Buffers& bufs, const void* q, co
   p.partial_out = uint64_t(bufs.partial_out); p.partial_lse = uint64_t(bufs.partial_lse);
   p.batch = pr.batch; p.s_q = pr.s_q; p.h_q = pr.h_q; p.max_pages = pr.max_pages; p.num_parts = pr.parts();
   p.scale = pr.scale; p.scale_log2 = pr.scale * 1.4426950408889634f;
-  mla_decode_schedule<<<1, sched_threads(), sched_smem(pr.batch, pr.parts()), st>>>(p);
+  if constexpr (kSeparateSchedule) launch_schedule(p, st);
   fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
   mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
 }
@@ -320,7 +319,7 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
   for (auto& e : ev) CK(cudaEventCreate(&e));
   for (int i = 0; i < iters; ++i) {
     CK(cudaEventRecord(ev[4 * i]));
-    mla_decode_schedule<<<1, sched_threads(), sched_smem(batch, pr.parts())>>>(p);
+    if constexpr (kSeparateSchedule) launch_schedule(p, 0);
     CK(cudaEventRecord(ev[4 * i + 1]));
     fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES>>>(p);
     CK(cudaEventRecord(ev[4 * i + 2]));

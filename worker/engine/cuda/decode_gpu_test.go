@@ -329,6 +329,15 @@ func TestDecodeRejectsForeignCacheAndBadRequest(t *testing.T) {
 	if err := e.Decode(context.Background(), c, req); err == nil {
 		t.Error("decode of a 65-token sequence over one page succeeded")
 	}
+	other, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	req.SeqLens[0] = 64
+	if err := other.Decode(context.Background(), c, req); err == nil {
+		t.Error("decode over another engine's cache succeeded")
+	}
 }
 
 func TestRegisteredAsCUDA(t *testing.T) {
