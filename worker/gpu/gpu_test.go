@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -116,4 +117,23 @@ func TestParseSimulated(t *testing.T) {
 			t.Errorf("ParseSimulated(%q) = %v, want an error", bad, err)
 		}
 	}
+}
+
+func FuzzParseSimulated(f *testing.F) {
+	for _, s := range []string{"NVIDIA-H100-80GB-HBM3:81559", "NVIDIA-H200:143771", "a:b:1", ":", "x:-1", "x:1e3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sim, err := ParseSimulated(s)
+		if err != nil {
+			return
+		}
+		if sim.Product == "" || sim.MemoryBytes <= 0 || sim.MemoryBytes%(1<<20) != 0 {
+			t.Fatalf("ParseSimulated(%q) = %+v", s, sim)
+		}
+		again, err := ParseSimulated(sim.Product + ":" + strconv.FormatInt(sim.MemoryBytes>>20, 10))
+		if err != nil || again != sim {
+			t.Fatalf("%+v does not round-trip: %+v, %v", sim, again, err)
+		}
+	})
 }
