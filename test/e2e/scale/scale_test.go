@@ -31,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,6 +41,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
 	"github.com/mla-operator/mla-operator/config/local"
@@ -95,6 +97,7 @@ func (c *countingPatcher) Patch(ctx context.Context, obj client.Object, patch cl
 }
 
 func TestScale(t *testing.T) {
+	log.SetLogger(logr.Discard())
 	nodes, services, replicas := envInt("SCALE_NODES", 1000), envInt("SCALE_SERVICES", 100), envInt("SCALE_REPLICAS", 10)
 	root, err := framework.RepoRoot()
 	if err != nil {
@@ -119,6 +122,10 @@ func TestScale(t *testing.T) {
 	}
 	defer cluster.Stop()
 	t.Logf("cluster with %d nodes up in %s", nodes, time.Since(start).Round(time.Second))
+	// The simulated workers and their watches stop before the cluster does:
+	// an apiserver with requests in flight is slow to shut down.
+	workersCtx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
 
 	scheme := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(scheme)
@@ -137,7 +144,7 @@ func TestScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inf, err := podCache.GetInformer(ctx, &corev1.Pod{})
+	inf, err := podCache.GetInformer(workersCtx, &corev1.Pod{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +177,7 @@ func TestScale(t *testing.T) {
 		}
 		e := cc.Estimate(nodeGPU[p.Spec.NodeName])
 		rep := v1alpha1.Report{CapacityTokens: e.Tokens, MaxContextLength: e.MaxContextLength(), GPUProduct: e.GPU.Product, Device: "cpu", Ready: true}
-		rctx, stop := context.WithCancel(ctx)
+		rctx, stop := context.WithCancel(workersCtx)
 		reporting[p.UID] = stop
 		r := report.New(patcher, types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, report.SourceFunc(func() v1alpha1.Report { return rep }), report.Options{})
 		go r.Run(rctx)
@@ -190,8 +197,8 @@ func TestScale(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = podCache.Start(ctx) }()
-	podCache.WaitForCacheSync(ctx)
+	go func() { _ = podCache.Start(workersCtx) }()
+	podCache.WaitForCacheSync(workersCtx)
 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "scale"}}
 	if err := c.Create(ctx, ns); err != nil {
