@@ -297,15 +297,19 @@ func (w *podWorker) stopProcess(grace time.Duration, stop <-chan struct{}) {
 func (w *podWorker) terminate(ctx context.Context) {
 	grace := w.graceFor(w.pod)
 	w.logf("stopping worker (grace %s)", grace)
-	shutdown := make(chan struct{})
+	shutdown, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		select {
 		case <-ctx.Done():
-			time.Sleep(w.rt.opts.ShutdownGrace)
-			close(shutdown)
-		case <-shutdown:
+			select {
+			case <-time.After(w.rt.opts.ShutdownGrace):
+				close(shutdown)
+			case <-finished:
+			}
+		case <-finished:
 		}
 	}()
+	defer close(finished)
 	if w.proc != nil {
 		w.stopProcess(grace, shutdown)
 		w.state.Phase = corev1.PodSucceeded
@@ -317,11 +321,6 @@ func (w *podWorker) terminate(ctx context.Context) {
 		w.state.Container.Waiting = nil
 		w.state.Container.Terminated = &corev1.ContainerStateTerminated{ExitCode: 0, Reason: ReasonCompleted, FinishedAt: metav1.Now()}
 		w.state.Phase = corev1.PodSucceeded
-	}
-	select {
-	case <-shutdown:
-	default:
-		close(shutdown)
 	}
 	if ctx.Err() != nil {
 		return
