@@ -135,11 +135,16 @@ func Decide(in Input) Plan {
 	}
 
 	// Surplus: drain old pods first, then the least loaded.
+	// Old pods beyond the count go as part of the rollout (a surge ends
+	// this way); current ones as a scale-down.
 	if excess := len(current) + len(old) - desired; excess > 0 {
-		p.ScalingDown = true
 		victims := append(order(old, in), order(current, in)...)
-		for _, pod := range victims[:excess] {
-			p.Deletions = append(p.Deletions, Deletion{Pod: pod, Reason: ReasonScaleDown, Drain: true,
+		for i, pod := range victims[:excess] {
+			reason := ReasonRollout
+			if i >= len(old) {
+				reason, p.ScalingDown = ReasonScaleDown, true
+			}
+			p.Deletions = append(p.Deletions, Deletion{Pod: pod, Reason: reason, Drain: true,
 				Message: fmt.Sprintf("draining worker %s: %d workers desired", pod.Name, desired)})
 		}
 		gone := map[*corev1.Pod]bool{}
