@@ -130,7 +130,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.createNodes(ctx); err != nil {
 		return nil, err
 	}
-	if err := c.waitNodesSchedulable(ctx, max(2*time.Minute, time.Duration(len(c.Nodes))*200*time.Millisecond)); err != nil {
+	if err := c.waitNodesSchedulable(ctx, 2*time.Minute+time.Duration(len(c.Nodes))*400*time.Millisecond); err != nil {
 		return nil, err
 	}
 
@@ -192,22 +192,30 @@ func (c *Cluster) createNodes(ctx context.Context) error {
 // lifecycle controller has lifted the not-ready taint.
 func (c *Cluster) waitNodesSchedulable(ctx context.Context, timeout time.Duration) error {
 	var last string
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+	// Big clusters are polled less often, from the watch cache
+	// (resourceVersion 0), so that waiting does not slow the apiserver that
+	// kwok and the controller manager are busy with.
+	interval := max(200*time.Millisecond, time.Duration(len(c.Nodes))*time.Millisecond)
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
 		if err := c.Healthy(); err != nil {
 			return false, err
 		}
-		list, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: clusterconfig.LabelSimulated + "=true"})
+		list, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: clusterconfig.LabelSimulated + "=true", ResourceVersion: "0"})
 		if err != nil {
 			last = err.Error()
 			return false, nil
 		}
-		ready := 0
+		ready, example := 0, ""
 		for _, n := range list.Items {
 			if Schedulable(&n) {
 				ready++
-			} else {
-				last = "node " + n.Name + " not ready or still tainted"
+			} else if example == "" {
+				example = n.Name
 			}
+		}
+		last = fmt.Sprintf("%d of %d schedulable", ready, len(c.Nodes))
+		if example != "" {
+			last += "; " + example + " is not ready or still tainted"
 		}
 		return ready == len(c.Nodes), nil
 	})
