@@ -108,6 +108,19 @@ func putValues(dst []byte, dtype DType, vals []uint16) []byte {
 	return dst
 }
 
+// bf16Values returns n values of dtype from src as bf16. On little-endian
+// hosts a bf16 payload at an even address is returned in place, without a
+// copy: tensors run to megabytes per request, and the result then aliases
+// src, which callers of the decoders hand over for good.
+func bf16Values(dtype DType, src []byte, n int) []uint16 {
+	if dtype == BF16 && nativeLittle && n > 0 && uintptr(unsafe.Pointer(&src[0]))%2 == 0 {
+		return unsafe.Slice((*uint16)(unsafe.Pointer(&src[0])), n)
+	}
+	dst := make([]uint16, n)
+	getValues(dst, dtype, src)
+	return dst
+}
+
 // getValues reads len(dst) values of dtype from src into bf16, rounding
 // fp32 to nearest even.
 func getValues(dst []uint16, dtype DType, src []byte) {
@@ -163,7 +176,7 @@ func EncodeRowsFloat32(rows []float32) []byte {
 	return b
 }
 
-// DecodeRows parses a rows frame into bf16 values.
+// DecodeRows parses a rows frame into bf16 values, which may alias b.
 func DecodeRows(b []byte) ([]uint16, error) {
 	if len(b) < rowsHeader {
 		return nil, malformed("rows frame of %d bytes is shorter than its %d-byte header", len(b), rowsHeader)
@@ -189,9 +202,7 @@ func DecodeRows(b []byte) ([]uint16, error) {
 	if want := rowsHeader + n*dtype.Size(); len(b) != want {
 		return nil, malformed("%d %s rows need %d bytes, frame has %d", tokens, dtype, want, len(b))
 	}
-	rows := make([]uint16, n)
-	getValues(rows, dtype, b[rowsHeader:])
-	return rows, nil
+	return bf16Values(dtype, b[rowsHeader:], n), nil
 }
 
 // DecodeRequest is one batched decode step of one layer.
@@ -252,7 +263,8 @@ func orBF16(d DType) DType {
 	return d
 }
 
-// UnmarshalDecodeRequest parses and bounds-checks a decode frame.
+// UnmarshalDecodeRequest parses and bounds-checks a decode frame; Q may
+// alias b.
 func UnmarshalDecodeRequest(b []byte) (*DecodeRequest, error) {
 	if len(b) < decodeHeader {
 		return nil, malformed("decode frame of %d bytes is shorter than its %d-byte header", len(b), decodeHeader)
@@ -294,8 +306,7 @@ func UnmarshalDecodeRequest(b []byte) (*DecodeRequest, error) {
 	for i := range r.IDs {
 		r.IDs[i] = le.Uint64(b[decodeHeader+8*i:])
 	}
-	r.Q = make([]uint16, n)
-	getValues(r.Q, r.QDType, b[decodeHeader+8*int(batch):])
+	r.Q = bf16Values(r.QDType, b[decodeHeader+8*int(batch):], n)
 	return r, nil
 }
 
@@ -341,7 +352,7 @@ func (r *DecodeResponse) Marshal() []byte {
 	return b
 }
 
-// UnmarshalDecodeResponse parses a decode response frame.
+// UnmarshalDecodeResponse parses a decode response frame; Out may alias b.
 func UnmarshalDecodeResponse(b []byte) (*DecodeResponse, error) {
 	if len(b) < responseHeader {
 		return nil, malformed("response frame of %d bytes is shorter than its %d-byte header", len(b), responseHeader)
@@ -366,8 +377,7 @@ func UnmarshalDecodeResponse(b []byte) (*DecodeResponse, error) {
 	if want := responseHeader + nOut*r.OutDType.Size() + 4*nLSE; len(b) != want {
 		return nil, malformed("response for batch %d x s_q %d x %d heads needs %d bytes, got %d", batch, sq, heads, want, len(b))
 	}
-	r.Out = make([]uint16, nOut)
-	getValues(r.Out, r.OutDType, b[responseHeader:])
+	r.Out = bf16Values(r.OutDType, b[responseHeader:], nOut)
 	lse := b[responseHeader+nOut*r.OutDType.Size():]
 	r.LSE = make([]float32, nLSE)
 	for i := range r.LSE {
