@@ -227,23 +227,28 @@ func TestScale(t *testing.T) {
 	}
 	mu.Unlock()
 
+	// Bounded: a run that does not get every service Ready still reports how
+	// far it got and what the operator did meanwhile.
+	readyTimeout := time.Duration(envInt("SCALE_READY_TIMEOUT_SECONDS", 600)) * time.Second
 	var allReady time.Duration
+	ready := 0
 	for {
 		if err := c.List(ctx, &list, client.InNamespace("scale")); err != nil {
 			t.Fatal(err)
 		}
-		ready := 0
+		ready = 0
 		for _, s := range list.Items {
 			if cond := apimeta.FindStatusCondition(s.Status.Conditions, v1alpha1.ConditionReady); cond != nil && cond.Status == metav1.ConditionTrue && s.Status.ReadyReplicas == int32(replicas) {
 				ready++
 			}
 		}
+		allReady = time.Since(applied)
 		if ready == services {
-			allReady = time.Since(applied)
 			break
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("%d of %d services ready when time ran out", ready, services)
+		if allReady > readyTimeout {
+			t.Errorf("only %d of %d services Ready %s after creation", ready, services, readyTimeout)
+			break
 		}
 		if err := cluster.Healthy(); err != nil {
 			t.Fatal(err)
@@ -252,7 +257,7 @@ func TestScale(t *testing.T) {
 	}
 	atReady := scrape(t, metricsAddr)
 	reportsAtReady := patcher.n.Load()
-	t.Logf("all %d services (%d workers) Ready %s after creation", services, services*replicas, allReady.Round(100*time.Millisecond))
+	t.Logf("%d of %d services (%d workers) Ready %s after creation", ready, services, services*replicas, allReady.Round(100*time.Millisecond))
 
 	// Steady state: reports by heartbeat only.
 	const window = 90 * time.Second
@@ -264,8 +269,9 @@ func TestScale(t *testing.T) {
 	opRollout := after.sum("rest_client_requests_total") - before.sum("rest_client_requests_total")
 	opSteady := after.sum("rest_client_requests_total") - atReady.sum("rest_client_requests_total")
 	t.Logf("RESULT nodes=%d services=%d workers=%d", nodes, services, services*replicas)
-	t.Logf("RESULT all ready after %s", allReady.Round(100*time.Millisecond))
-	t.Logf("RESULT reconcile latency p50=%s p99=%s (%.0f reconciles)", p50, p99, after.sum("controller_runtime_reconcile_time_seconds_count"))
+	t.Logf("RESULT %d of %d services ready after %s", ready, services, allReady.Round(100*time.Millisecond))
+	t.Logf("RESULT reconcile latency p50=%s p99=%s (%.0f reconciles, %.0f in the work queue at the end)", p50, p99,
+		after.sum("controller_runtime_reconcile_time_seconds_count"), after.sum("workqueue_depth"))
 	t.Logf("RESULT rollout: reports %d writes (%.1f/s), operator %.0f requests (%.1f/s)", reportsAtReady, float64(reportsAtReady)/allReady.Seconds(), opRollout, opRollout/allReady.Seconds())
 	t.Logf("RESULT steady %s: reports %.1f writes/s, operator %.1f requests/s", window, float64(reportsSteady)/window.Seconds(), opSteady/window.Seconds())
 }
