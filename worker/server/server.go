@@ -370,11 +370,17 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request) {
 		ids[i] = kvcache.SeqID(id)
 	}
 	batch := len(ids)
-	step := &kvcache.DecodeStep{
-		Layer: req.Layer, IDs: ids, SQ: req.SQ, Heads: req.Heads, Scale: scale, Q: req.Q,
-		Out: make([]uint16, batch*req.SQ*req.Heads*engine.LatentDim),
-		LSE: make([]float32, batch*req.Heads*req.SQ),
+	step := &kvcache.DecodeStep{Layer: req.Layer, IDs: ids, SQ: req.SQ, Heads: req.Heads, Scale: scale, Q: req.Q}
+	// A bf16 answer is written by the engine straight into its frame.
+	frame, out, lse, inPlace := []byte(nil), []uint16(nil), []float32(nil), false
+	if req.OutDType == wire.BF16 {
+		frame, out, lse, inPlace = wire.ResponseFrame(batch, req.SQ, req.Heads)
 	}
+	if !inPlace {
+		out = make([]uint16, batch*req.SQ*req.Heads*engine.LatentDim)
+		lse = make([]float32, batch*req.Heads*req.SQ)
+	}
+	step.Out, step.LSE = out, lse
 	start := time.Now()
 	if err := s.cfg.Pool.Decode(r.Context(), s.cfg.Engine, step); err != nil {
 		s.failPool(w, err)
@@ -382,8 +388,10 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.decode.WithLabelValues(s.cfg.Engine.Name()).Observe(time.Since(start).Seconds())
 	s.metrics.batch.Observe(float64(batch))
-	resp := &wire.DecodeResponse{Batch: batch, SQ: req.SQ, Heads: req.Heads, OutDType: req.OutDType, Out: step.Out, LSE: step.LSE}
-	writeFrame(w, resp.Marshal())
+	if !inPlace {
+		frame = (&wire.DecodeResponse{Batch: batch, SQ: req.SQ, Heads: req.Heads, OutDType: req.OutDType, Out: out, LSE: lse}).Marshal()
+	}
+	writeFrame(w, frame)
 }
 
 func (s *Server) capacity(w http.ResponseWriter, _ *http.Request) {

@@ -352,6 +352,27 @@ func (r *DecodeResponse) Marshal() []byte {
 	return b
 }
 
+// ResponseFrame allocates a bf16 decode response frame and returns views of
+// its out and lse payloads, so an engine can write its results in place
+// and the frame go out without another copy. ok is false on big-endian
+// hosts, where Marshal must be used.
+func ResponseFrame(batch, sq, heads int) (frame []byte, out []uint16, lse []float32, ok bool) {
+	if !nativeLittle {
+		return nil, nil, nil, false
+	}
+	nOut, nLSE := batch*sq*heads*LatentDim, batch*heads*sq
+	frame = make([]byte, responseHeader+2*nOut+4*nLSE)
+	copy(frame, responseMagic[:])
+	frame[4] = byte(BF16)
+	le.PutUint32(frame[8:], uint32(batch))
+	le.PutUint32(frame[12:], uint32(sq))
+	le.PutUint32(frame[16:], uint32(heads))
+	// make's memory is 8-byte aligned and both offsets are multiples of 4.
+	out = unsafe.Slice((*uint16)(unsafe.Pointer(&frame[responseHeader])), nOut)
+	lse = unsafe.Slice((*float32)(unsafe.Pointer(&frame[responseHeader+2*nOut])), nLSE)
+	return frame, out, lse, true
+}
+
 // UnmarshalDecodeResponse parses a decode response frame; Out may alias b.
 func UnmarshalDecodeResponse(b []byte) (*DecodeResponse, error) {
 	if len(b) < responseHeader {
