@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -84,7 +85,15 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}()
 
 	logf("starting etcd and kube-apiserver")
+	etcdPath, apiserverPath, err := dieWithParent(opts.WorkDir, filepath.Join(opts.BinDir, "etcd"), filepath.Join(opts.BinDir, "kube-apiserver"))
+	if err != nil {
+		return nil, err
+	}
 	cp.env = &envtest.Environment{
+		ControlPlane: envtest.ControlPlane{
+			Etcd:      &envtest.Etcd{Path: etcdPath},
+			APIServer: &envtest.APIServer{Path: apiserverPath},
+		},
 		BinaryAssetsDirectory:    opts.BinDir,
 		CRDDirectoryPaths:        opts.CRDDirs,
 		ErrorIfCRDPathMissing:    len(opts.CRDDirs) > 0,
@@ -187,4 +196,31 @@ func (cp *ControlPlane) Stop() error {
 		}
 	}
 	return nil
+}
+
+// dieWithParent returns paths that start each binary with a parent-death
+// signal (util-linux setpriv), as childproc does for the other components:
+// envtest starts etcd and kube-apiserver without one, so a test binary
+// killed by its timeout would leave them running. Without setpriv the
+// binaries are started as they are.
+func dieWithParent(workDir string, binaries ...string) (etcd, apiserver string, err error) {
+	setpriv, lookErr := exec.LookPath("setpriv")
+	paths := make([]string, len(binaries))
+	for i, b := range binaries {
+		paths[i] = b
+		if lookErr != nil {
+			continue
+		}
+		dir := filepath.Join(workDir, "bin")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", "", err
+		}
+		wrapper := filepath.Join(dir, filepath.Base(b))
+		script := fmt.Sprintf("#!/bin/sh\nexec %s --pdeathsig KILL -- %s \"$@\"\n", setpriv, b)
+		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			return "", "", fmt.Errorf("writing %s: %w", wrapper, err)
+		}
+		paths[i] = wrapper
+	}
+	return paths[0], paths[1], nil
 }
