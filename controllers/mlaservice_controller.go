@@ -180,12 +180,15 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 	o := r.Options
 
+	// Nodes and pods are only read here (podmanager copies before it
+	// changes anything), so the cache may hand out its own objects instead
+	// of deep copies of the whole cluster on every reconcile.
 	var nodeList corev1.NodeList
-	if err := r.Client.List(ctx, &nodeList); err != nil {
+	if err := r.Client.List(ctx, &nodeList, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing nodes: %w", err)
 	}
 	var podList corev1.PodList
-	if err := r.Client.List(ctx, &podList); err != nil {
+	if err := r.Client.List(ctx, &podList, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing pods: %w", err)
 	}
 	now := r.Clock.Now()
