@@ -87,17 +87,29 @@ struct Buffers {
   }
 };
 
-void launch(Kernel fn, const Problem& pr, const Buffers& bufs, const void* q, const void* cache, const int* table,
-            const int* lens, void* out, float* lse, cudaStream_t st) {
+// One layer's launches once the step's schedule exists: decode and combine.
+void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
+  fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
+  mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
+}
+
+MlaDecodeParams make_params(const Problem& pr, const Buffers& bufs, const void* q, const void* cache, const int* table,
+                            const int* lens, void* out, float* lse) {
   MlaDecodeParams p{};
   p.q = uint64_t(q); p.cache = uint64_t(cache); p.block_table = uint64_t(table); p.seq_lens = uint64_t(lens);
   p.out = uint64_t(out); p.lse = uint64_t(lse); p.sched = uint64_t(bufs.sched);
   p.partial_out = uint64_t(bufs.partial_out); p.partial_lse = uint64_t(bufs.partial_lse);
   p.batch = pr.batch; p.s_q = pr.s_q; p.h_q = pr.h_q; p.max_pages = pr.max_pages; p.num_parts = pr.parts();
   p.scale = pr.scale; p.scale_log2 = pr.scale * 1.4426950408889634f;
+  return p;
+}
+
+// A whole decode call: schedule, then the layer's launches.
+void launch(Kernel fn, const Problem& pr, const Buffers& bufs, const void* q, const void* cache, const int* table,
+            const int* lens, void* out, float* lse, cudaStream_t st) {
+  const MlaDecodeParams p = make_params(pr, bufs, q, cache, table, lens, out, lse);
   if constexpr (kSeparateSchedule) launch_schedule(p, st);
-  fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
-  mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
+  launch_layer(fn, pr, p, st);
 }
 
 float bf2f(uint16_t v) { uint32_t u = uint32_t(v) << 16; float f; memcpy(&f, &u, 4); return f; }
@@ -160,10 +172,17 @@ int check_case(int h_q, int s_q, const std::vector<int>& lens, uint32_t seed) {
   CK(cudaMemcpy(d_lens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
   Buffers bufs; bufs.alloc(pr);
   int failures = 0;
-  for (const Variant& v : kVariants) {
+  // Each variant twice: a whole call, then a layer call reusing its schedule.
+  for (int run = 0; run < 2 * int(sizeof(kVariants) / sizeof(kVariants[0])); ++run) {
+    const Variant& v = kVariants[run / 2];
+    const bool reuse = run % 2 == 1;
     CK(cudaMemset(d_out, 0xFF, ref.size() * 2));  // NaN poison
     CK(cudaMemset(d_lse, 0xFF, ref_lse.size() * 4));
-    launch(v.fn, pr, bufs, d_q, d_cache, d_table, d_lens, d_out, d_lse, 0);
+    if (reuse) {
+      launch_layer(v.fn, pr, make_params(pr, bufs, d_q, d_cache, d_table, d_lens, d_out, d_lse), 0);
+    } else {
+      launch(v.fn, pr, bufs, d_q, d_cache, d_table, d_lens, d_out, d_lse, 0);
+    }
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<uint16_t> out(ref.size()); std::vector<float> lse(ref_lse.size());
@@ -181,8 +200,8 @@ int check_case(int h_q, int s_q, const std::vector<int>& lens, uint32_t seed) {
     }
     const double rel = sqrt(num / den);
     const bool ok = nan == 0 && rel < 1e-2 && lse_err < 2e-3;
-    printf("check %-6s h_q=%3d s_q=%d b=%d parts=%d: rel_l2=%.2e max_lse_err=%.2e nan=%ld %s\n", v.name, h_q, s_q,
-           pr.batch, pr.parts(), rel, lse_err, nan, ok ? "ok" : "FAIL");
+    printf("check %-6s %-6s h_q=%3d s_q=%d b=%d parts=%d: rel_l2=%.2e max_lse_err=%.2e nan=%ld %s\n", v.name,
+           reuse ? "reuse" : "call", h_q, s_q, pr.batch, pr.parts(), rel, lse_err, nan, ok ? "ok" : "FAIL");
     failures += !ok;
   }
   bufs.release();
@@ -239,8 +258,13 @@ struct Pool {
 
 // Times one shape: `sets` input sets (own pages, q, table) rotated so L2 never
 // holds the next iteration's data. Returns the median microseconds.
-double time_shape(Kernel fn, int batch, int h_q, int s_q, const std::vector<int>& lens, int iters, double* bytes,
-                  double* flops) {
+//
+// *us is one layer's call with the step's schedule already computed (the
+// schedule depends only on the lengths, which all sets share, so it runs once
+// before timing, as a server runs it once per step for all layers);
+// *us_step is a whole call including the schedule launch.
+void time_shape(Kernel fn, int batch, int h_q, int s_q, const std::vector<int>& lens, int iters, double* bytes,
+                double* flops, double* us, double* us_step) {
   Problem pr{batch, s_q, h_q, 0, 1.f / sqrtf(float(MLA_HEAD_DIM))};
   size_t pages_per_set = 0;
   for (int l : lens) { pr.max_pages = std::max(pr.max_pages, cdiv(l, MLA_PAGE)); pages_per_set += cdiv(l, MLA_PAGE); }
@@ -266,20 +290,30 @@ double time_shape(Kernel fn, int batch, int h_q, int s_q, const std::vector<int>
   CK(cudaMemcpy(d_lens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
   fill_random_bf16<<<1024, 256>>>(d_q, q_elems * sets, 99);
   Buffers bufs; bufs.alloc(pr);
-  // Launches queue back to back (as in serving); one event pair per launch.
+  // Launches queue back to back (as in serving); one event pair per call.
   std::vector<cudaEvent_t> ev(2 * (iters + 3));
   for (auto& e : ev) CK(cudaEventCreate(&e));
-  for (int i = 0; i < iters + 3; ++i) {
+  auto params = [&](int i) {
     const int s = i % sets;
-    CK(cudaEventRecord(ev[2 * i]));
-    launch(fn, pr, bufs, d_q + q_elems * s, g_pool.cache, d_table + size_t(s) * batch * pr.max_pages, d_lens, d_out, d_lse, 0);
-    CK(cudaEventRecord(ev[2 * i + 1]));
-  }
-  CK(cudaDeviceSynchronize());
-  std::vector<float> ts;
-  for (int i = 3; i < iters + 3; ++i) {
-    float ms; CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
-    ts.push_back(ms);
+    return make_params(pr, bufs, d_q + q_elems * s, g_pool.cache, d_table + size_t(s) * batch * pr.max_pages, d_lens,
+                       d_out, d_lse);
+  };
+  for (int with_schedule = 0; with_schedule < 2; ++with_schedule) {
+    if (!with_schedule && kSeparateSchedule) launch_schedule(params(0), 0);
+    for (int i = 0; i < iters + 3; ++i) {
+      const MlaDecodeParams p = params(i);
+      CK(cudaEventRecord(ev[2 * i]));
+      if (with_schedule && kSeparateSchedule) launch_schedule(p, 0);
+      launch_layer(fn, pr, p, 0);
+      CK(cudaEventRecord(ev[2 * i + 1]));
+    }
+    CK(cudaDeviceSynchronize());
+    std::vector<float> ts;
+    for (int i = 3; i < iters + 3; ++i) {
+      float ms; CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
+      ts.push_back(ms);
+    }
+    *(with_schedule ? us_step : us) = median(ts) * 1e3;
   }
   for (auto& e : ev) cudaEventDestroy(e);
   CK(cudaGetLastError());
@@ -290,7 +324,6 @@ double time_shape(Kernel fn, int batch, int h_q, int s_q, const std::vector<int>
   // FlashMLA's accounting: q + cache rows + out, in bytes; 2 matmuls.
   *bytes = double(batch) * h_q * s_q * MLA_HEAD_DIM * 2 + tok * MLA_HEAD_DIM * 2 + double(batch) * h_q * s_q * MLA_LATENT_DIM * 2;
   *flops = double(h_q) * s_q * work * (2.0 * MLA_HEAD_DIM + 2.0 * MLA_LATENT_DIM);
-  return median(ts) * 1e3;
 }
 
 // Median time of each launch of one shape (schedule, decode, combine), to
@@ -354,16 +387,16 @@ int run_bench(const char* only) {
     phase_breakdown(v.fn, v.name, 128, 128, 4096);
   }
   const char* label = getenv("BENCH_LABEL");
-  printf("\n| kernel | b | h_q | s_q | s_k | us | GB/s | TFLOP/s | of copy BW | FlashMLA us | of FlashMLA GB/s |\n");
-  printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("\n| kernel | b | h_q | s_q | s_k | us | GB/s | TFLOP/s | of copy BW | FlashMLA us | of FlashMLA GB/s | us with schedule |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Variant& v : kVariants) {
     if (only && strcmp(only, v.name) != 0) continue;
     for (const Anchor& a : kAnchors) {
-      double bytes, flops;
+      double bytes, flops, us, us_step;
       std::vector<int> lens(a.b, a.sk);
-      const double us = time_shape(v.fn, a.b, a.h, 1, lens, a.sk >= 16384 ? 10 : 30, &bytes, &flops);
-      printf("| %s%s | %d | %d | 1 | %d | %.1f | %.0f | %.0f | %.2f | %.1f | %.2f |\n", label ? label : "", v.name, a.b, a.h, a.sk, us,
-             bytes / us / 1e3, flops / us / 1e6, bytes / us / 1e3 / copy, a.us, a.us / us);
+      time_shape(v.fn, a.b, a.h, 1, lens, a.sk >= 16384 ? 10 : 30, &bytes, &flops, &us, &us_step);
+      printf("| %s%s | %d | %d | 1 | %d | %.1f | %.0f | %.0f | %.2f | %.1f | %.2f | %.1f |\n", label ? label : "", v.name, a.b, a.h,
+             a.sk, us, bytes / us / 1e3, flops / us / 1e6, bytes / us / 1e3 / copy, a.us, a.us / us, us_step);
       fflush(stdout);
     }
     // Variable length: lengths uniform in [mean/2, 3 mean/2], FlashMLA-like.
@@ -373,10 +406,10 @@ int run_bench(const char* only) {
         std::uniform_int_distribution<int> d(2048, 6144);
         std::vector<int> lens(128);
         for (int& l : lens) l = d(rng);
-        double bytes, flops;
-        const double us = time_shape(v.fn, 128, h, s_q, lens, 30, &bytes, &flops);
-        printf("| %s%s varlen | 128 | %d | %d | mean 4096 | %.1f | %.0f | %.0f | %.2f | | |\n", label ? label : "", v.name, h, s_q, us,
-               bytes / us / 1e3, flops / us / 1e6, bytes / us / 1e3 / copy);
+        double bytes, flops, us, us_step;
+        time_shape(v.fn, 128, h, s_q, lens, 30, &bytes, &flops, &us, &us_step);
+        printf("| %s%s varlen | 128 | %d | %d | mean 4096 | %.1f | %.0f | %.0f | %.2f | | | %.1f |\n", label ? label : "", v.name, h,
+               s_q, us, bytes / us / 1e3, flops / us / 1e6, bytes / us / 1e3 / copy, us_step);
         fflush(stdout);
       }
   }

@@ -175,6 +175,28 @@ func TestDecodeMatchesFloat64Reference(t *testing.T) {
 	}
 }
 
+// A step's layers decode the same lengths: the engine schedules once and
+// the later calls reuse the schedule; other lengths or head counts (another
+// part count) schedule anew.
+func TestDecodeReusesScheduleForSameLengths(t *testing.T) {
+	deepseek := float32(1 / math.Sqrt(192))
+	split := decodeCase{"reuse", 64, 1, []int32{4097, 1, 300, 2500}, deepseek}
+	other := decodeCase{"reuse-other-lengths", 64, 1, []int32{4000, 70, 1, 2600}, deepseek}
+	moreHeads := decodeCase{"reuse-more-heads", 128, 1, []int32{4097, 1, 300, 2500}, deepseek}
+	for _, kernel := range []string{KernelWGMMA, KernelMMA} {
+		e := engineFor(t, kernel)
+		for i, c := range []decodeCase{split, split, other, split, moreHeads, split, split} {
+			t.Run(fmt.Sprintf("%s/%d-%s", kernel, i, c), func(t *testing.T) {
+				checkDecode(t, e, c, uint64(500+i))
+				parts := max(1, e.sms/((c.sq*c.heads+tileRows-1)/tileRows))
+				if !e.sched.matches(e.scratch.generation, parts, c.lens) {
+					t.Errorf("after a successful call the engine holds no schedule for its lengths")
+				}
+			})
+		}
+	}
+}
+
 func checkDecode(t *testing.T, e *Engine, c decodeCase, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	batch, rows := len(c.lens), c.sq*c.heads
@@ -351,9 +373,9 @@ func TestRegisteredAsCUDA(t *testing.T) {
 }
 
 // BenchmarkDecode times Engine.Decode end to end through the Go path: host
-// to device copies of q, block table and lengths, the three launches, and
-// the copies of out and lse back. hack/gpu/mla_bench.cu times the kernels
-// alone.
+// to device copies of q, block table and lengths, the decode and combine
+// launches (the schedule is reused: the lengths do not change), and the
+// copies of out and lse back. hack/gpu/mla_bench.cu times the kernels alone.
 func BenchmarkDecode(b *testing.B) {
 	for _, bc := range []struct{ batch, heads, seqLen int }{{64, 64, 4096}, {128, 128, 4096}} {
 		b.Run(fmt.Sprintf("b%d-h%d-sk%d", bc.batch, bc.heads, bc.seqLen), func(b *testing.B) {

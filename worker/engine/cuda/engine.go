@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -73,11 +74,34 @@ type Engine struct {
 	kernel  string
 	fn      functions
 	scratch scratch
-	closed  bool
+	// sched says which schedule the workspace in scratch holds; decode and
+	// combine only read it, so calls with the same lengths (a step's layers)
+	// reuse it.
+	sched  scheduleKey
+	closed bool
 }
 
 type functions struct {
 	schedule, decode, combine, scatter, gather cu.Function
+}
+
+// scheduleKey identifies a computed schedule: it depends only on the
+// sequence lengths and the number of parts, and lives in the workspace of
+// one scratch generation.
+type scheduleKey struct {
+	valid      bool
+	generation uint64
+	parts      int
+	lens       []int32
+}
+
+func (k *scheduleKey) matches(generation uint64, parts int, lens []int32) bool {
+	return k.valid && k.generation == generation && k.parts == parts && slices.Equal(k.lens, lens)
+}
+
+func (k *scheduleKey) set(generation uint64, parts int, lens []int32) {
+	k.valid, k.generation, k.parts = true, generation, parts
+	k.lens = append(k.lens[:0], lens...)
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -204,7 +228,9 @@ func (e *Engine) NewCache(shape engine.CacheShape) (engine.Cache, error) {
 }
 
 // Decode implements engine.Engine: copies the step's inputs to the device,
-// runs schedule, decode and combine, and copies out and lse back.
+// runs schedule (unless the workspace holds the schedule of the same lengths
+// and part count already, as for a step's later layers), decode and combine,
+// and copies out and lse back.
 func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeRequest) error {
 	cache, ok := c.(*Cache)
 	if !ok || cache.e != e {
@@ -244,8 +270,12 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			batch: req.Batch, sq: req.SQ, heads: req.Heads, maxPages: req.MaxPages, parts: parts,
 			scale: req.Scale,
 		})
-		if err := launchDecode(e.fn.schedule, 1, 1, 32, 0, e.stream, &p); err != nil {
-			return fmt.Errorf("cuda engine: schedule: %w", err)
+		if !e.sched.matches(s.generation, parts, req.SeqLens) {
+			e.sched.valid = false // until the launch succeeds
+			if err := launchDecode(e.fn.schedule, 1, 1, 32, 0, e.stream, &p); err != nil {
+				return fmt.Errorf("cuda engine: schedule: %w", err)
+			}
+			e.sched.set(s.generation, parts, req.SeqLens)
 		}
 		if err := launchDecode(e.fn.decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)

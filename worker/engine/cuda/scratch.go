@@ -45,6 +45,9 @@ func (b *deviceBuffer) release() error {
 // scratch holds one decode step's device buffers, reused across steps.
 type scratch struct {
 	q, table, lens, out, lse, sched, partialOut, partialLSE deviceBuffer
+	// generation counts reallocations: device state kept in the buffers
+	// (a computed schedule) is valid only within one generation.
+	generation uint64
 }
 
 func (s *scratch) buffers() []*deviceBuffer {
@@ -58,6 +61,10 @@ func (s *scratch) ensure(sizes ...int) error {
 		return fmt.Errorf("cuda engine: %d scratch sizes for %d buffers", len(sizes), len(bufs))
 	}
 	for i, b := range bufs {
+		if sizes[i] <= b.size {
+			continue
+		}
+		s.generation++
 		if err := b.ensure(sizes[i]); err != nil {
 			return err
 		}
@@ -66,6 +73,7 @@ func (s *scratch) ensure(sizes ...int) error {
 }
 
 func (s *scratch) free() error {
+	s.generation++
 	var errs []error
 	for _, b := range s.buffers() {
 		errs = append(errs, b.release())
