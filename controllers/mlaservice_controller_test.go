@@ -1,0 +1,77 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	"github.com/mla-operator/mla-operator/api/v1alpha1"
+	"github.com/mla-operator/mla-operator/internal/statusmanager"
+	"github.com/mla-operator/mla-operator/internal/workerplan"
+	"github.com/mla-operator/mla-operator/test/builders"
+)
+
+func TestNodeChangedIgnoresHeartbeats(t *testing.T) {
+	base := builders.GPUNode("n", builders.H100, 8).Obj()
+	heartbeat := base.DeepCopy()
+	heartbeat.Status.Conditions[0].LastHeartbeatTime = metav1.Now()
+	heartbeat.ResourceVersion = "2"
+	p := nodeChanged()
+	if p.Update(event.UpdateEvent{ObjectOld: base, ObjectNew: heartbeat}) {
+		t.Error("a heartbeat enqueues every service")
+	}
+	for name, changed := range map[string]*corev1.Node{
+		"not ready":   builders.GPUNode("n", builders.H100, 8).NotReady().Obj(),
+		"cordoned":    builders.GPUNode("n", builders.H100, 8).Unschedulable().Obj(),
+		"tainted":     builders.GPUNode("n", builders.H100, 8).Taint("k", "v", corev1.TaintEffectNoSchedule).Obj(),
+		"relabelled":  builders.GPUNode("n", builders.H100, 8).Label("pool", "x").Obj(),
+		"fewer GPUs":  builders.GPUNode("n", builders.H100, 8).Allocatable(7).Obj(),
+		"another GPU": builders.GPUNode("n", builders.H200, 8).Obj(),
+	} {
+		if !p.Update(event.UpdateEvent{ObjectOld: base, ObjectNew: changed}) {
+			t.Errorf("%s: not enqueued", name)
+		}
+	}
+}
+
+func TestRequeueAfterTakesTheSoonestReason(t *testing.T) {
+	r := &MLAServiceReconciler{Options: Options{}.withDefaults()}
+	plain := builders.MLAService("ns", "s").Obj()
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{}, workerplan.Plan{}, 0); d != 0 {
+		t.Errorf("nothing pending: requeue after %s", d)
+	}
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{NextStale: 40 * time.Second}, workerplan.Plan{RecheckAfter: time.Minute}, 1); d != DefaultUnplacedRetry {
+		t.Errorf("unplaced workers: requeue after %s, want %s", d, DefaultUnplacedRetry)
+	}
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{NextStale: 4 * time.Second}, workerplan.Plan{}, 0); d != 4*time.Second {
+		t.Errorf("a report going stale: requeue after %s", d)
+	}
+	auto := builders.MLAService("ns", "s").Windows(metav1.Duration{Duration: 2 * time.Second}, metav1.Duration{Duration: time.Minute}, metav1.Duration{}).Obj()
+	if d := r.requeueAfter(auto, statusmanager.Aggregate{}, workerplan.Plan{}, 0); d != time.Second {
+		t.Errorf("autoscaling with a 2s up window: requeue after %s, want 1s", d)
+	}
+}
+
+func TestOwnedByNeedsTheControllerReference(t *testing.T) {
+	svc := builders.MLAService("ns", "s").Obj()
+	svc.UID = types.UID("current")
+	ref := func(uid string) []metav1.OwnerReference {
+		return []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MLAService", Name: "s",
+			UID: types.UID(uid), Controller: new(true)}}
+	}
+	mine := builders.Pod("ns", "mine").WorkerOf("s").Obj()
+	mine.OwnerReferences = ref("current")
+	previous := builders.Pod("ns", "previous").WorkerOf("s").Obj()
+	previous.OwnerReferences = ref("deleted-service-of-the-same-name")
+	lookalike := builders.Pod("ns", "lookalike").WorkerOf("s").Obj()
+	elsewhere := builders.Pod("other", "elsewhere").WorkerOf("s").Obj()
+	elsewhere.OwnerReferences = ref("current")
+	got := ownedBy(svc, []corev1.Pod{*mine, *previous, *lookalike, *elsewhere})
+	if len(got) != 1 || got[0].Name != "mine" {
+		t.Fatalf("owned pods %v", got)
+	}
+}
