@@ -1,0 +1,63 @@
+package workeraccount
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/mla-operator/mla-operator/api/v1alpha1"
+	"github.com/mla-operator/mla-operator/test/builders"
+)
+
+func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := fake.NewClientBuilder().WithScheme(scheme).Build()
+	ctx := context.Background()
+	a := builders.MLAService("ns", "a").Obj()
+	a.UID = types.UID("uid-a")
+	b := builders.MLAService("ns", "b").Obj()
+	b.UID = types.UID("uid-b")
+	for _, svc := range []*v1alpha1.MLAService{a, b, a} {
+		if err := Ensure(ctx, c, svc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := client.ObjectKey{Namespace: "ns", Name: Name}
+	var sa corev1.ServiceAccount
+	var role rbacv1.Role
+	var binding rbacv1.RoleBinding
+	for _, obj := range []client.Object{&sa, &role, &binding} {
+		if err := c.Get(ctx, key, obj); err != nil {
+			t.Fatalf("%T: %v", obj, err)
+		}
+		var owners []types.UID
+		for _, r := range obj.GetOwnerReferences() {
+			owners = append(owners, r.UID)
+			if r.Controller != nil && *r.Controller {
+				t.Errorf("%T: %s is its controller; the account is shared", obj, r.Name)
+			}
+		}
+		if !slices.Equal(owners, []types.UID{"uid-a", "uid-b"}) {
+			t.Errorf("%T owners %v, want both services once", obj, owners)
+		}
+	}
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Verbs, []string{"get", "patch"}) || role.Rules[0].Resources[0] != "pods" {
+		t.Errorf("role rules %+v", role.Rules)
+	}
+	if binding.RoleRef.Name != Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != Name || binding.Subjects[0].Namespace != "ns" {
+		t.Errorf("binding %+v", binding)
+	}
+}
