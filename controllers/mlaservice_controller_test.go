@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -74,4 +76,47 @@ func TestOwnedByNeedsTheControllerReference(t *testing.T) {
 	if len(got) != 1 || got[0].Name != "mine" {
 		t.Fatalf("owned pods %v", got)
 	}
+}
+
+func TestServiceMetricsAreRecordedAndForgotten(t *testing.T) {
+	svc := builders.MLAService("ns", "metrics").Obj()
+	agg := statusmanager.Aggregate{ReadyReplicas: 2}
+	agg.KVCache.CapacityTokens, agg.KVCache.UsedTokens, agg.KVCache.Utilization = 1000, 250, 0.25
+	recordServiceMetrics(svc, agg, 3, true)
+	l := []string{"ns", "metrics"}
+	for name, tc := range map[string]struct {
+		got  float64
+		want float64
+	}{
+		"capacity":    {gauge(t, serviceCapacity.WithLabelValues(l...)), 1000},
+		"used":        {gauge(t, serviceUsed.WithLabelValues(l...)), 250},
+		"utilization": {gauge(t, serviceUtilization.WithLabelValues(l...)), 0.25},
+		"ready":       {gauge(t, serviceReady.WithLabelValues(l...)), 2},
+		"desired":     {gauge(t, serviceDesired.WithLabelValues(l...)), 3},
+		"infeasible":  {gauge(t, serviceInfeasible.WithLabelValues(l...)), 1},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s = %g, want %g", name, tc.got, tc.want)
+		}
+	}
+	forgetServiceMetrics(types.NamespacedName{Namespace: "ns", Name: "metrics"})
+	ch := make(chan prometheus.Metric, 100)
+	serviceCapacity.Collect(ch)
+	close(ch)
+	n := 0
+	for range ch {
+		n++
+	}
+	if n != 0 {
+		t.Errorf("%d capacity series after the service is gone", n)
+	}
+}
+
+func gauge(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
 }
