@@ -53,6 +53,9 @@ type Options struct {
 	// NodeLostGrace is how long a node may be NotReady before its workers
 	// are placed elsewhere.
 	NodeLostGrace time.Duration
+	// UnschedulableGrace is how long the scheduler may refuse a worker its
+	// node before the worker is placed again.
+	UnschedulableGrace time.Duration
 	// UnplacedRetry is how soon to retry placing workers that found no node.
 	UnplacedRetry time.Duration
 	// MaxConcurrentReconciles bounds parallel reconciles.
@@ -61,8 +64,9 @@ type Options struct {
 
 // Defaults.
 const (
-	DefaultNodeLostGrace = 2 * time.Minute
-	DefaultUnplacedRetry = 15 * time.Second
+	DefaultNodeLostGrace      = 2 * time.Minute
+	DefaultUnplacedRetry      = 15 * time.Second
+	DefaultUnschedulableGrace = time.Minute
 	// autoscalePeriod bounds how often an autoscaled service is looked at
 	// when nothing else changes.
 	maxAutoscalePeriod = 15 * time.Second
@@ -73,6 +77,7 @@ func (o Options) withDefaults() Options {
 	o.ReportStaleAfter = cmp.Or(o.ReportStaleAfter, workerreport.DefaultStaleAfter)
 	o.NodeLostGrace = cmp.Or(o.NodeLostGrace, DefaultNodeLostGrace)
 	o.UnplacedRetry = cmp.Or(o.UnplacedRetry, DefaultUnplacedRetry)
+	o.UnschedulableGrace = cmp.Or(o.UnschedulableGrace, DefaultUnschedulableGrace)
 	o.MaxConcurrentReconciles = cmp.Or(o.MaxConcurrentReconciles, 1)
 	return o
 }
@@ -226,7 +231,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 
 	plan := workerplan.Decide(workerplan.Input{Service: &svc, Revision: revision, Pods: own, Nodes: nodes,
-		Desired: desired, Frozen: feasibility.Blocked, Now: now, NodeLostGrace: o.NodeLostGrace, StaleAfter: o.ReportStaleAfter})
+		Desired: desired, Frozen: feasibility.Blocked, Now: now, NodeLostGrace: o.NodeLostGrace, UnschedulableGrace: o.UnschedulableGrace, StaleAfter: o.ReportStaleAfter})
 
 	var drainGrace *time.Duration
 	if svc.Spec.Autoscaling != nil {
@@ -245,7 +250,8 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 			return ctrl.Result{}, err
 		}
 		eventType := corev1.EventTypeNormal
-		if d.Reason == workerplan.ReasonFailed || d.Reason == workerplan.ReasonNodeGone || d.Reason == workerplan.ReasonNodeNotReady {
+		if d.Reason == workerplan.ReasonFailed || d.Reason == workerplan.ReasonNodeGone || d.Reason == workerplan.ReasonNodeNotReady ||
+			d.Reason == workerplan.ReasonUnschedulable {
 			eventType = corev1.EventTypeWarning
 		}
 		r.Recorder.Eventf(&svc, d.Pod, eventType, d.Reason, "DeleteWorker", "%s", d.Message)

@@ -49,6 +49,8 @@ func run() error {
 		"how old a worker's capacity report may be and still count (workers report about every 30s)")
 	fs.DurationVar(&opts.NodeLostGrace, "node-lost-grace", controllers.DefaultNodeLostGrace,
 		"how long a node may stay NotReady before its workers are placed elsewhere")
+	fs.DurationVar(&opts.UnschedulableGrace, "unschedulable-grace", controllers.DefaultUnschedulableGrace,
+		"how long the scheduler may refuse to bind a worker to its chosen node before the worker is placed again")
 	fs.DurationVar(&opts.UnplacedRetry, "unplaced-retry", controllers.DefaultUnplacedRetry,
 		"how soon to retry placing workers that found no node")
 	fs.IntVar(&opts.MaxConcurrentReconciles, "max-concurrent-reconciles", 1, "MLAServices reconciled in parallel")

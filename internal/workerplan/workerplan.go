@@ -22,11 +22,12 @@ import (
 
 // Reasons a worker pod is deleted; they are event reasons too.
 const (
-	ReasonFailed       = "WorkerFailed"
-	ReasonNodeGone     = "NodeGone"
-	ReasonNodeNotReady = "NodeNotReady"
-	ReasonScaleDown    = "ScaleDown"
-	ReasonRollout      = "RollingUpdate"
+	ReasonFailed        = "WorkerFailed"
+	ReasonNodeGone      = "NodeGone"
+	ReasonNodeNotReady  = "NodeNotReady"
+	ReasonScaleDown     = "ScaleDown"
+	ReasonRollout       = "RollingUpdate"
+	ReasonUnschedulable = "Unschedulable"
 )
 
 // Input is everything the plan depends on.
@@ -45,6 +46,10 @@ type Input struct {
 	// NodeLostGrace is how long a node may stay NotReady before its
 	// workers are placed elsewhere.
 	NodeLostGrace time.Duration
+	// UnschedulableGrace is how long the scheduler may refuse to bind a
+	// worker to its node (something placement could not see, such as
+	// another pod binding first) before it is placed again.
+	UnschedulableGrace time.Duration
 	// StaleAfter bounds report freshness when choosing the least-loaded
 	// worker to drain.
 	StaleAfter time.Duration
@@ -99,6 +104,16 @@ func Decide(in Input) Plan {
 			p.Deletions = append(p.Deletions, Deletion{Pod: pod, Reason: ReasonFailed, Message: msg})
 			p.Failed = append(p.Failed, pod.Name)
 			continue
+		}
+		if since, ok := unschedulableSince(pod); ok {
+			if left := since.Add(in.UnschedulableGrace).Sub(in.Now); left > 0 {
+				p.RecheckAfter = minPositive(p.RecheckAfter, left)
+			} else {
+				p.Deletions = append(p.Deletions, Deletion{Pod: pod, Reason: ReasonUnschedulable,
+					Message: fmt.Sprintf("worker %s could not be scheduled on node %s for %s (%s); placing it again",
+						pod.Name, nodeinfo.PodNode(pod), in.UnschedulableGrace, unschedulableMessage(pod))})
+				continue
+			}
 		}
 		if name := nodeinfo.PodNode(pod); name != "" {
 			node, ok := in.Nodes[name]
@@ -230,6 +245,29 @@ func names(in Input, n int) []string {
 		}
 	}
 	return out
+}
+
+// unschedulableSince is when the scheduler last refused to bind an unbound
+// pod.
+func unschedulableSince(pod *corev1.Pod) (time.Time, bool) {
+	if pod.Spec.NodeName != "" {
+		return time.Time{}, false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+			return c.LastTransitionTime.Time, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func unschedulableMessage(pod *corev1.Pod) string {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled {
+			return c.Message
+		}
+	}
+	return ""
 }
 
 func rank(b bool) int {

@@ -43,6 +43,14 @@ func TestDecide(t *testing.T) {
 	gone := metav1.NewTime(now)
 	terminating := pod("svc-new-0", rev, "a", true, 0)
 	terminating.DeletionTimestamp = &gone
+	unschedulable := func(name string, since time.Duration) corev1.Pod {
+		p := *builders.Pod("ns", name).WorkerOf("svc").Label(v1alpha1.LabelRevision, rev).Obj()
+		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"a"}}}}}}}}
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
+			Message: "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.", LastTransitionTime: metav1.NewTime(now.Add(-since))}}
+		return p
+	}
 	notReadyNode := func(since time.Duration) map[string]*corev1.Node {
 		ns := nodes("a")
 		ns["b"] = builders.GPUNode("b", builders.H100, 8).NotReady().Obj()
@@ -91,6 +99,17 @@ func TestDecide(t *testing.T) {
 		nodes: notReadyNode(3 * time.Minute), desired: 2,
 		deletions: []deletion{{pod: "svc-new-1", reason: ReasonNodeNotReady}},
 		create:    []string{"svc-new-2"},
+	}, {
+		name:  "a worker the scheduler refuses waits out the grace",
+		pods:  []corev1.Pod{unschedulable("svc-new-0", 10*time.Second)},
+		nodes: nodes("a"), desired: 1,
+		recheck: 50 * time.Second,
+	}, {
+		name:  "a worker the scheduler refuses beyond the grace is placed again",
+		pods:  []corev1.Pod{unschedulable("svc-new-0", 2*time.Minute)},
+		nodes: nodes("a"), desired: 1,
+		deletions: []deletion{{pod: "svc-new-0", reason: ReasonUnschedulable}},
+		create:    []string{"svc-new-1"},
 	}, {
 		name: "scale down drains the least-loaded worker",
 		pods: []corev1.Pod{pod("svc-new-0", rev, "a", true, 500), pod("svc-new-1", rev, "a", true, 100),
@@ -148,7 +167,7 @@ func TestDecide(t *testing.T) {
 				b = builders.MLAService("ns", "svc")
 			}
 			p := Decide(Input{Service: b.Obj(), Revision: rev, Pods: tc.pods, Nodes: tc.nodes, Desired: tc.desired,
-				Frozen: tc.frozen, Now: now, NodeLostGrace: 2 * time.Minute, StaleAfter: time.Minute})
+				Frozen: tc.frozen, Now: now, NodeLostGrace: 2 * time.Minute, UnschedulableGrace: time.Minute, StaleAfter: time.Minute})
 			var got []deletion
 			for _, d := range p.Deletions {
 				got = append(got, deletion{d.Pod.Name, d.Reason, d.Force, d.Drain})
