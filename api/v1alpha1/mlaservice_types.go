@@ -520,6 +520,7 @@ type WorkerStatus struct {
 
 // MLAService runs a DeepSeek-style MLA model on GPU workers placed by
 // KV-cache capacity.
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63",message="metadata.name must be at most 63 characters: it becomes the inference.mla.dev/service label of worker pods, and label values are limited to 63"
 type MLAService struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

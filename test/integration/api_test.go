@@ -125,6 +125,7 @@ func TestInvalidSpecsRejected(t *testing.T) {
 				HostPath:              ptr.To("/models/v3"),
 			}
 		}), "set exactly one of source.persistentVolumeClaim and source.hostPath"},
+		{"name longer than a label value", builders.MLAService(ns, strings.Repeat("v", 64)), "metadata.name must be at most 63 characters"},
 		{"relative host path", builders.MLAService(ns, "x").Mutate(func(s *v1alpha1.MLAService) {
 			s.Spec.Model.Source = &v1alpha1.WeightsSource{HostPath: ptr.To("models/v3")}
 		}), "spec.model.source.hostPath in body should match '^/'"},
