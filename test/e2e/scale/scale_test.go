@@ -12,7 +12,8 @@
 // time until every service is Ready, the operator's reconcile latency
 // (controller_runtime_reconcile_time_seconds) and the apiserver requests per
 // second of the reports and of the operator (its rest_client_requests_total).
-// SCALE_NODES, SCALE_SERVICES and SCALE_REPLICAS shrink it for a quick run.
+// SCALE_NODES, SCALE_SERVICES and SCALE_REPLICAS shrink it for a quick run;
+// SCALE_OPERATOR_ARGS adds operator flags (--max-concurrent-reconciles=4).
 package scale
 
 import (
@@ -114,7 +115,7 @@ func TestScale(t *testing.T) {
 		CRDDir:         filepath.Join(root, "config", "crd", "bases"),
 		KwokConfigYAML: local.KwokAllPodsYAML,
 		OperatorBinary: filepath.Join(bin, "operator"),
-		OperatorArgs:   []string{"--metrics-bind-address=" + metricsAddr},
+		OperatorArgs:   append([]string{"--metrics-bind-address=" + metricsAddr}, strings.Fields(os.Getenv("SCALE_OPERATOR_ARGS"))...),
 		Logf:           t.Logf,
 	})
 	if err != nil {
