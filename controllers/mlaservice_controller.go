@@ -121,8 +121,10 @@ func NewReconciler(mgr ctrl.Manager, opts Options) *MLAServiceReconciler {
 // own, and node changes that alter what placement can do.
 func (r *MLAServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1alpha1.MLAService{}).
-		Owns(&corev1.Pod{}).
+		// The operator's own status writes need no second reconcile; spec
+		// changes (the scale subresource included) bump the generation.
+		For(&v1alpha1.MLAService{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&corev1.Pod{}, builder.WithPredicates(workerChanged())).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allServices), builder.WithPredicates(nodeChanged())).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
 		Named("mlaservice").
@@ -142,6 +144,44 @@ func (r *MLAServiceReconciler) allServices(ctx context.Context, _ client.Object)
 		reqs[i] = reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: s.Name}}
 	}
 	return reqs
+}
+
+// workerChanged passes pod events except a worker's heartbeat: an update
+// whose only change is the time inside an otherwise equal report. With 1,000
+// workers heartbeating every 30 s those are most pod events, and each would
+// cost a reconcile of its service. Staleness needs no event: the reconciler
+// requeues itself for the moment the oldest counted report would go stale
+// and reads the latest heartbeat from the cache then.
+func workerChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		a, ok1 := e.ObjectOld.(*corev1.Pod)
+		b, ok2 := e.ObjectNew.(*corev1.Pod)
+		if !ok1 || !ok2 {
+			return true
+		}
+		return !heartbeatOnly(a, b)
+	}}
+}
+
+// heartbeatOnly reports whether b differs from a only by a newer time in the
+// worker's report.
+func heartbeatOnly(a, b *corev1.Pod) bool {
+	ra, errA := workerreport.Parse(a)
+	rb, errB := workerreport.Parse(b)
+	if errA != nil || errB != nil || ra == nil || rb == nil || ra.Time.Equal(&rb.Time) {
+		return false
+	}
+	rb.Time = ra.Time
+	if *ra != *rb {
+		return false
+	}
+	strip := func(p *corev1.Pod) *corev1.Pod {
+		c := p.DeepCopy()
+		c.ResourceVersion, c.ManagedFields = "", nil
+		delete(c.Annotations, v1alpha1.AnnotationReport)
+		return c
+	}
+	return equality.Semantic.DeepEqual(strip(a), strip(b))
 }
 
 // nodeChanged passes node events that matter to placement: not heartbeats.

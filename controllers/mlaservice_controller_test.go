@@ -40,6 +40,43 @@ func TestNodeChangedIgnoresHeartbeats(t *testing.T) {
 	}
 }
 
+func TestWorkerChangedIgnoresReportHeartbeats(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	report := v1alpha1.Report{CapacityTokens: 1 << 20, UsedTokens: 4096, ActiveSequences: 1, Ready: true, Time: metav1.NewTime(t0)}
+	worker := func(r v1alpha1.Report) *builders.PodBuilder {
+		return builders.Pod("ns", "w-0").WorkerOf("svc").OnNode("n").Running(true).Report(r)
+	}
+	base := worker(report).Obj()
+	later := report
+	later.Time = metav1.NewTime(t0.Add(30 * time.Second))
+	heartbeat := worker(later).Obj()
+	heartbeat.ResourceVersion = "2"
+	p := workerChanged()
+	if p.Update(event.UpdateEvent{ObjectOld: base, ObjectNew: heartbeat}) {
+		t.Error("a report heartbeat enqueues its service")
+	}
+	used := later
+	used.UsedTokens = 1 << 19
+	draining := later
+	draining.Draining = true
+	for name, changed := range map[string]*corev1.Pod{
+		"usage moved":    worker(used).Obj(),
+		"draining":       worker(draining).Obj(),
+		"not ready":      builders.Pod("ns", "w-0").WorkerOf("svc").OnNode("n").Running(false).Report(later).Obj(),
+		"failed":         worker(later).Phase(corev1.PodFailed).Obj(),
+		"report removed": builders.Pod("ns", "w-0").WorkerOf("svc").OnNode("n").Running(true).Obj(),
+		"relabelled":     worker(later).Label("x", "y").Obj(),
+	} {
+		if !p.Update(event.UpdateEvent{ObjectOld: base, ObjectNew: changed}) {
+			t.Errorf("%s: not enqueued", name)
+		}
+	}
+	first := builders.Pod("ns", "w-0").WorkerOf("svc").OnNode("n").Running(true).Obj()
+	if !p.Update(event.UpdateEvent{ObjectOld: first, ObjectNew: base}) {
+		t.Error("a first report is not enqueued")
+	}
+}
+
 func TestRequeueAfterTakesTheSoonestReason(t *testing.T) {
 	r := &MLAServiceReconciler{Options: Options{}.withDefaults()}
 	plain := builders.MLAService("ns", "s").Obj()
