@@ -195,6 +195,16 @@ func pathSeq(r *http.Request) (kvcache.SeqID, error) {
 	return kvcache.SeqID(id), nil
 }
 
+// pathSeqLayer reads the sequence and layer of a KV-row path.
+func pathSeqLayer(r *http.Request) (kvcache.SeqID, int, error) {
+	id, err := pathSeq(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	layer, err := pathLayer(r)
+	return id, layer, err
+}
+
 func pathLayer(r *http.Request) (int, error) {
 	l, err := strconv.ParseUint(r.PathValue("layer"), 10, 16)
 	if err != nil {
@@ -298,12 +308,7 @@ func (s *Server) freeSequence(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) appendKV(w http.ResponseWriter, r *http.Request) {
-	id, err := pathSeq(r)
-	if err != nil {
-		s.fail(w, http.StatusBadRequest, err)
-		return
-	}
-	layer, err := pathLayer(r)
+	id, layer, err := pathSeqLayer(r)
 	if err != nil {
 		s.fail(w, http.StatusBadRequest, err)
 		return
@@ -326,12 +331,7 @@ func (s *Server) appendKV(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) readKV(w http.ResponseWriter, r *http.Request) {
-	id, err := pathSeq(r)
-	if err != nil {
-		s.fail(w, http.StatusBadRequest, err)
-		return
-	}
-	layer, err := pathLayer(r)
+	id, layer, err := pathSeqLayer(r)
 	if err != nil {
 		s.fail(w, http.StatusBadRequest, err)
 		return
