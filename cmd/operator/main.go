@@ -34,6 +34,7 @@ func run() error {
 	var (
 		metricsAddr      string
 		probeAddr        string
+		pprofAddr        string
 		leaderElect      bool
 		leaderElectionNS string
 		opts             controllers.Options
@@ -43,6 +44,7 @@ func run() error {
 	// else $KUBECONFIG, the in-cluster config or ~/.kube/config.
 	fs.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:9090", "address of the Prometheus /metrics endpoint (in a pod, :8443 or another all-interfaces address); 0 turns it off")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", "127.0.0.1:8081", "address of the /healthz and /readyz endpoints (in a pod, :8081 so the kubelet reaches them)")
+	fs.StringVar(&pprofAddr, "pprof-bind-address", "", "address of Go's /debug/pprof endpoints for profiling the operator (127.0.0.1:6060); empty or 0 turns them off")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "elect a leader through a Lease so that only one of several replicas reconciles")
 	fs.StringVar(&leaderElectionNS, "leader-election-namespace", "", "namespace of the leader-election Lease; empty uses the operator's own namespace")
 	fs.DurationVar(&opts.ReportStaleAfter, "report-stale-after", workerreport.DefaultStaleAfter,
@@ -80,6 +82,7 @@ func run() error {
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
+		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "mla-operator.inference.mla.dev",
 		LeaderElectionNamespace: leaderElectionNS,
@@ -104,6 +107,6 @@ func run() error {
 	}); err != nil {
 		return err
 	}
-	ctrl.Log.WithName("setup").Info("starting", "leaderElection", leaderElect, "metrics", metricsAddr, "probes", probeAddr)
+	ctrl.Log.WithName("setup").Info("starting", "leaderElection", leaderElect, "metrics", metricsAddr, "probes", probeAddr, "pprof", pprofAddr)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
