@@ -18,6 +18,10 @@ var (
 		Name: "mla_operator_autoscale_events_total",
 		Help: "Changes of spec.replicas made by the autoscaler, by direction.",
 	}, []string{"direction"})
+	nodeChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mla_operator_node_changes_total",
+		Help: "Node changes that matter to placement (readiness, schedulability, taints, labels, allocatable), each of which re-queues every service.",
+	})
 	reconcileSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "mla_operator_reconcile_duration_seconds",
 		Help:    "Time to reconcile one MLAService, status write included.",
@@ -51,7 +55,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(placementDecisions, autoscaleEvents, reconcileSeconds,
+	metrics.Registry.MustRegister(placementDecisions, autoscaleEvents, reconcileSeconds, nodeChanges,
 		serviceInfeasible, serviceCapacity, serviceUsed, serviceUtilization, serviceReady, serviceDesired)
 }
 

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -156,4 +157,42 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return m.GetGauge().GetValue()
+}
+
+func TestServicesToWake(t *testing.T) {
+	owned := func(ns, name, svc, apiVersion string) corev1.Pod {
+		p := builders.Pod(ns, name).WorkerOf(svc).OnNode("n").Obj()
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: apiVersion, Kind: "MLAService", Name: svc, UID: "u", Controller: new(true)}}
+		return *p
+	}
+	ours := v1alpha1.GroupVersion.String()
+	key := func(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+	for _, tc := range []struct {
+		name    string
+		pods    []corev1.Pod
+		waiting map[types.NamespacedName]bool
+		want    []string
+	}{
+		{name: "a node without workers wakes nobody"},
+		{name: "the owners of its workers, each once",
+			pods: []corev1.Pod{owned("a", "x-0", "x", ours), owned("a", "x-1", "x", ours), owned("b", "x-0", "x", ours)},
+			want: []string{"a/x", "b/x"}},
+		{name: "services waiting for room",
+			waiting: map[types.NamespacedName]bool{key("a", "w"): true, key("a", "done"): false},
+			want:    []string{"a/w"}},
+		{name: "both",
+			pods:    []corev1.Pod{owned("a", "x-0", "x", ours)},
+			waiting: map[types.NamespacedName]bool{key("a", "x"): true, key("a", "w"): true},
+			want:    []string{"a/w", "a/x"}},
+		{name: "a pod without a controller or owned by another kind's MLAService",
+			pods: []corev1.Pod{*builders.Pod("a", "p").OnNode("n").Obj(), owned("a", "y-0", "y", "example.com/v1")}},
+	} {
+		var got []string
+		for _, r := range servicesToWake(tc.pods, tc.waiting) {
+			got = append(got, r.String())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }
