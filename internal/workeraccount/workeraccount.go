@@ -10,6 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -25,7 +27,11 @@ const Name = workerpod.DefaultServiceAccount
 var Rules = []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "patch"}}}
 
 // Ensure makes the worker ServiceAccount, Role and RoleBinding exist in
-// svc's namespace, with svc among their owners.
+// svc's namespace, with svc among their owners. It runs on every
+// reconcile, so it first reads each object (from the cache) and writes only
+// one that is missing or differs: CreateOrPatch's patch computation over
+// objects owned by every service of the namespace took a tenth of the
+// operator's CPU in the 1,000-node scale run although nothing changed.
 func Ensure(ctx context.Context, c client.Client, svc *v1alpha1.MLAService) error {
 	meta := func() metav1.ObjectMeta {
 		return metav1.ObjectMeta{Namespace: svc.Namespace, Name: Name}
@@ -39,24 +45,56 @@ func Ensure(ctx context.Context, c client.Client, svc *v1alpha1.MLAService) erro
 		obj.SetLabels(labels)
 		return controllerutil.SetOwnerReference(svc, obj, c.Scheme())
 	}
+	roleRef := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: Name}
+	subjects := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Name, Namespace: svc.Namespace}}
 	sa := &corev1.ServiceAccount{ObjectMeta: meta()}
 	role := &rbacv1.Role{ObjectMeta: meta()}
 	binding := &rbacv1.RoleBinding{ObjectMeta: meta()}
 	for _, step := range []struct {
 		obj    client.Object
+		same   func() bool // the object as read already is as wanted, apart from metadata
 		mutate func() error
 	}{
-		{sa, func() error { return own(sa) }},
-		{role, func() error { role.Rules = Rules; return own(role) }},
-		{binding, func() error {
-			binding.RoleRef = rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: Name}
-			binding.Subjects = []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Name, Namespace: svc.Namespace}}
+		{sa, func() bool { return true }, func() error { return own(sa) }},
+		{role, func() bool { return equality.Semantic.DeepEqual(role.Rules, Rules) },
+			func() error { role.Rules = Rules; return own(role) }},
+		{binding, func() bool {
+			return equality.Semantic.DeepEqual(binding.RoleRef, roleRef) && equality.Semantic.DeepEqual(binding.Subjects, subjects)
+		}, func() error {
+			binding.RoleRef, binding.Subjects = roleRef, subjects
 			return own(binding)
 		}},
 	} {
-		if _, err := controllerutil.CreateOrPatch(ctx, c, step.obj, step.mutate); err != nil {
+		err := c.Get(ctx, client.ObjectKeyFromObject(step.obj), step.obj)
+		if err == nil && step.same() && owned(step.obj, svc) {
+			continue
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("worker account %T %s/%s: %w", step.obj, svc.Namespace, Name, err)
+		}
+		_, err = controllerutil.CreateOrPatch(ctx, c, step.obj, step.mutate)
+		if apierrors.IsAlreadyExists(err) {
+			// Another service of the namespace, reconciled at the same
+			// time, created it first: patch it.
+			_, err = controllerutil.CreateOrPatch(ctx, c, step.obj, step.mutate)
+		}
+		if err != nil {
 			return fmt.Errorf("worker account %T %s/%s: %w", step.obj, svc.Namespace, Name, err)
 		}
 	}
 	return nil
+}
+
+// owned reports whether obj carries the managed-by label and an owner
+// reference to svc.
+func owned(obj client.Object, svc *v1alpha1.MLAService) bool {
+	if obj.GetLabels()[v1alpha1.LabelManagedBy] != v1alpha1.ManagedByValue {
+		return false
+	}
+	for _, r := range obj.GetOwnerReferences() {
+		if r.UID == svc.UID {
+			return true
+		}
+	}
+	return false
 }

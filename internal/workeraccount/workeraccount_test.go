@@ -12,6 +12,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
 	"github.com/mla-operator/mla-operator/test/builders"
@@ -59,5 +60,64 @@ func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
 	}
 	if binding.RoleRef.Name != Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != Name || binding.Subjects[0].Namespace != "ns" {
 		t.Errorf("binding %+v", binding)
+	}
+}
+
+// Once the account is as wanted, Ensure only reads: it runs on every
+// reconcile of every service.
+func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writes := 0
+	count := func(ctx context.Context, c client.WithWatch, obj client.Object, _ ...client.CreateOption) error {
+		writes++
+		return c.Create(ctx, obj)
+	}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithInterceptorFuncs(interceptor.Funcs{
+		Create: count,
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
+			writes++
+			return c.Patch(ctx, obj, p, opts...)
+		},
+	}).Build()
+	ctx := context.Background()
+	a := builders.MLAService("ns", "a").Obj()
+	a.UID = "uid-a"
+	b := builders.MLAService("ns", "b").Obj()
+	b.UID = "uid-b"
+	for _, tc := range []struct {
+		svc    *v1alpha1.MLAService
+		writes int
+	}{{a, 3}, {a, 0}, {b, 3}, {a, 0}, {b, 0}} {
+		writes = 0
+		if err := Ensure(ctx, c, tc.svc); err != nil {
+			t.Fatal(err)
+		}
+		if writes != tc.writes {
+			t.Errorf("Ensure(%s): %d writes, want %d", tc.svc.Name, writes, tc.writes)
+		}
+	}
+	// Someone edits the role: the next reconcile repairs it.
+	var role rbacv1.Role
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "ns", Name: Name}, &role); err != nil {
+		t.Fatal(err)
+	}
+	role.Rules = nil
+	if err := c.Update(ctx, &role); err != nil {
+		t.Fatal(err)
+	}
+	writes = 0
+	if err := Ensure(ctx, c, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "ns", Name: Name}, &role); err != nil {
+		t.Fatal(err)
+	}
+	if writes != 1 || len(role.Rules) != 1 {
+		t.Errorf("after an edit: %d writes, rules %+v; want the role repaired with one write", writes, role.Rules)
 	}
 }
