@@ -19,6 +19,7 @@ package scale
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -258,6 +259,7 @@ func TestScale(t *testing.T) {
 	}
 	atReady := scrape(t, metricsAddr)
 	reportsAtReady := patcher.n.Load()
+	diagnose(t, ctx, c, atReady)
 	t.Logf("%d of %d services (%d workers) Ready %s after creation", ready, services, services*replicas, allReady.Round(100*time.Millisecond))
 
 	// Steady state: reports by heartbeat only.
@@ -275,6 +277,113 @@ func TestScale(t *testing.T) {
 		after.sum("controller_runtime_reconcile_time_seconds_count"), after.sum("workqueue_depth"))
 	t.Logf("RESULT rollout: reports %d writes (%.1f/s), operator %.0f requests (%.1f/s)", reportsAtReady, float64(reportsAtReady)/allReady.Seconds(), opRollout, opRollout/allReady.Seconds())
 	t.Logf("RESULT steady %s: reports %.1f writes/s, operator %.1f requests/s", window, float64(reportsSteady)/window.Seconds(), opSteady/window.Seconds())
+}
+
+// diagnose logs what keeps services from Ready: nodes not Ready or tainted,
+// worker pods not Ready, reports the operator does not count although the
+// pod's own report is fresh, and the operator's work queue.
+func diagnose(t *testing.T, ctx context.Context, c client.Client, m metrics) {
+	t.Helper()
+	var nodes corev1.NodeList
+	var pods corev1.PodList
+	var svcs v1alpha1.MLAServiceList
+	if err := c.List(ctx, &nodes); err != nil {
+		t.Errorf("diagnose: %v", err)
+		return
+	}
+	if err := c.List(ctx, &pods, client.InNamespace("scale")); err != nil {
+		t.Errorf("diagnose: %v", err)
+		return
+	}
+	if err := c.List(ctx, &svcs, client.InNamespace("scale")); err != nil {
+		t.Errorf("diagnose: %v", err)
+		return
+	}
+	now := time.Now()
+	notReadyNodes, taintedNodes := 0, 0
+	for _, n := range nodes.Items {
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.Status != corev1.ConditionTrue {
+				notReadyNodes++
+			}
+		}
+		if len(n.Spec.Taints) > 0 {
+			taintedNodes++
+		}
+	}
+	running, podNotReady, staleAnn, noReport := 0, 0, 0, 0
+	var annAge []time.Duration
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Status.Phase == corev1.PodRunning {
+			running++
+		}
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status != corev1.ConditionTrue {
+				podNotReady++
+			}
+		}
+		raw, ok := p.Annotations[v1alpha1.AnnotationReport]
+		if !ok {
+			noReport++
+			continue
+		}
+		var r v1alpha1.Report
+		if err := json.Unmarshal([]byte(raw), &r); err == nil {
+			age := now.Sub(r.Time.Time)
+			annAge = append(annAge, age)
+			if age > 90*time.Second {
+				staleAnn++
+			}
+		}
+	}
+	readyWorkers := 0
+	var statusAge, statusReportAge []time.Duration
+	for _, s := range svcs.Items {
+		readyWorkers += int(s.Status.ReadyReplicas)
+		if cond := apimeta.FindStatusCondition(s.Status.Conditions, v1alpha1.ConditionReady); cond != nil {
+			statusAge = append(statusAge, now.Sub(cond.LastTransitionTime.Time))
+		}
+		for _, w := range s.Status.Workers {
+			if w.LastReportTime != nil {
+				statusReportAge = append(statusReportAge, now.Sub(w.LastReportTime.Time))
+			}
+		}
+	}
+	med := func(d []time.Duration) string {
+		if len(d) == 0 {
+			return "-"
+		}
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return fmt.Sprintf("p50 %s max %s", d[len(d)/2].Round(time.Second), d[len(d)-1].Round(time.Second))
+	}
+	t.Logf("DIAG nodes %d: %d not Ready, %d tainted", len(nodes.Items), notReadyNodes, taintedNodes)
+	t.Logf("DIAG worker pods %d: %d Running, %d not Ready, %d without report, %d with report older than 90 s; report age on the pods %s",
+		len(pods.Items), running, podNotReady, noReport, staleAnn, med(annAge))
+	t.Logf("DIAG services: %d ready workers counted in status; report age in status %s", readyWorkers, med(statusReportAge))
+	for _, name := range []string{"workqueue_adds_total", "workqueue_retries_total", "workqueue_depth", "workqueue_unfinished_work_seconds",
+		"controller_runtime_reconcile_total", "controller_runtime_reconcile_errors_total", "mla_operator_node_changes_total"} {
+		var keys []string
+		for k := range m {
+			if k == name || strings.HasPrefix(k, name+"{") {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			t.Logf("DIAG %s %g", k, m[k])
+		}
+	}
+	var keys []string
+	for k := range m {
+		if strings.HasPrefix(k, "rest_client_requests_total{") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		t.Logf("DIAG %s %g", k, m[k])
+	}
 }
 
 // metrics is a Prometheus text scrape: series -> value.
