@@ -42,6 +42,9 @@
 
 #include "mla_decode_params.h"
 
+// Tells the benchmark driver this source has mla_decode_seesaw.
+#define MLA_HAS_SEESAW 1
+
 namespace {
 
 constexpr int kD = MLA_HEAD_DIM;
@@ -546,6 +549,436 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
   }
 }
 
+
+// ---------------------------------------------------------------- seesaw
+//
+// mla_decode_seesaw: the two warpgroups take turns instead of working in
+// lockstep, so one warpgroup's softmax overlaps the other's tensor-core
+// work (the schedule FlashMLA calls "seesaw"; written here from its
+// description, docs/kernel-notes.md v9).
+//
+// The blocks of a CTA's part form one chain j = 0, 1, 2, ... across its
+// sequences. Block j lives in KV stage j & 1 and is owned by warpgroup
+// j & 1, which alone computes S = Q K_j^T over all 64 keys (N = 64, so Q is
+// read once per block, not once per warpgroup), its online softmax, and
+// publishes the running row maxima m_j and P_j (bf16, written over the
+// block's RoPE panel, dead once its QK^T is done). Both warpgroups then apply
+// P_j to their half of V_j (256 output columns each): the owner right away,
+// the other first thing in its next own block, before that block's QK^T. The running maxima
+// form a chain (block j's softmax needs m_{j-1}), so both warpgroups see the
+// same maxima and rescale their halves of O alike.
+//
+// Copies: a block's stage is free once both warpgroups' P V of it are done;
+// the warpgroup that does not own block j copies block j + 2 into its stage
+// after its own P V_j (and the owner's, signalled on an mbarrier), so each
+// warpgroup only ever fills the other's stage, and the copies of the next
+// sequence's first blocks start while the current sequence is still running.
+// Completion is tracked per stage by cp.async's mbarrier arrive (no thread
+// waits for its own copies).
+//
+// Per stage s three mbarriers, each completing once per block of that
+// stage (phase = chain index >> 1):
+//   full[s]   the block's copy landed (128 arrivals: the copying warpgroup)
+//   empty[s]  the owner's P V of the block is done (4: one per owner warp)
+//   pub[s]    the owner published m_j and P_j (128: every owner thread, after
+//             its writes; the owner waits on it too before its own P V, so it
+//             doubles as the warpgroup's barrier, and each thread's release
+//             orders its reads of the other's m_j before the refills)
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// The mbarrier counts one arrival once all of this thread's earlier
+// cp.async copies have landed; the thread does not wait.
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// D[64 x 64] (+)= A[64 x 16] * B[16 x 64]; A K-major, B K-major, both in shared memory.
+__device__ __forceinline__ void wgmma_m64n64k16(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// The part's blocks in chain order: sequence b, its blocks k .. k1 in this
+// part; b == batch once the part is exhausted.
+struct PartCursor {
+  int b, k, k1, len;
+};
+
+struct PartView {
+  const int* prefix;
+  const int* lens;
+  int batch, lo, hi;
+
+  // The first sequence from b on with blocks in [lo, hi].
+  __device__ __forceinline__ void seek(PartCursor& c, int b) const {
+    for (; b < batch; ++b) {
+      const int first = prefix[b] + kOverhead;
+      if (first > hi) break;
+      const int len = lens[b];
+      const int k0 = max(0, lo - first);
+      const int k1 = min(cdiv(len, kBlock) - 1, hi - first);
+      if (k0 <= k1) {
+        c = PartCursor{b, k0, k1, len};
+        return;
+      }
+    }
+    c.b = batch;
+  }
+  __device__ __forceinline__ void next(PartCursor& c) const {
+    if (c.k < c.k1) {
+      ++c.k;
+    } else {
+      seek(c, c.b + 1);
+    }
+  }
+};
+
+// One warpgroup (t = 0..127) copies the cursor's block into a stage; rows
+// past the sequence's end are zero-filled. The stage's full barrier counts
+// the copies' completion.
+__device__ __forceinline__ void copy_block(uint32_t stage, const PartCursor& c, int page, const MlaDecodeParams& p,
+                                           int t, uint32_t full_bar) {
+  const __nv_bfloat16* src = reinterpret_cast<const __nv_bfloat16*>(p.cache) + static_cast<size_t>(page) * kBlock * kD;
+  const int valid_rows = min(kBlock, c.len - c.k * kBlock);
+  // Lane l of warp v copies chunk l % 8 of a panel in row 4 v + l / 8 of
+  // each 16-row group: the row's swizzle (row % 8) is the same in every
+  // group, so each copy is one instruction at a constant offset from two
+  // per-thread bases, and the warpgroup streams 16 rows (18 KiB) at a time.
+  const int r = t >> 3;  // 0..15
+  const int chunk = t & 7;
+  const uint32_t dst = stage + r * 128 + ((chunk ^ (r & 7)) << 4);
+  const __nv_bfloat16* from = src + r * kD + chunk * 8;
+#pragma unroll
+  for (int group = 0; group < kBlock / 16; ++group) {
+    const bool valid = group * 16 + r < valid_rows;
+#pragma unroll
+    for (int panel = 0; panel < kD / 64; ++panel)
+      cp_async_16(dst + panel * kPanelBytes + group * 16 * 128, valid ? from + group * 16 * kD + panel * 64 : src,
+                  valid ? 16 : 0);
+  }
+  cp_async_arrive_noinc(full_bar);
+}
+
+// The Q tile, loaded by all 256 threads with plain loads (it is needed at
+// once, and cp.async here would tie its completion to the KV copies in
+// flight); rows past the tile's end are zero.
+__device__ __forceinline__ void load_q(uint8_t* q_tile, const __nv_bfloat16* src, int valid_rows) {
+  constexpr int kPerThread = kRows * kChunksPerRow / kThreads;  // 18
+#pragma unroll
+  for (int j0 = 0; j0 < kPerThread; j0 += 6) {
+    uint4 v[6];
+#pragma unroll
+    for (int j = 0; j < 6; ++j) {
+      const int i = threadIdx.x + (j0 + j) * kThreads;
+      const int row = i / kChunksPerRow;
+      const int c16 = i % kChunksPerRow;
+      v[j] = row < valid_rows ? __ldg(reinterpret_cast<const uint4*>(src + row * kD + c16 * 8)) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int j = 0; j < 6; ++j) {
+      const int i = threadIdx.x + (j0 + j) * kThreads;
+      const int row = i / kChunksPerRow;
+      const int c16 = i % kChunksPerRow;
+      *reinterpret_cast<uint4*>(q_tile + (c16 >> 3) * kPanelBytes + row * 128 + (((c16 & 7) ^ (row & 7)) << 4)) = v[j];
+    }
+  }
+}
+
+// Warpgroup w: O[0..63, 256 w ..] += P V with P in the stage's RoPE panel.
+__device__ __forceinline__ void pv_issue(float (&o)[32][4], uint32_t stage, int w) {
+  const uint32_t p_tile = stage + 8 * kPanelBytes;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBlock / 16; ++kk) {
+    const uint64_t da = smem_desc(p_tile + kk * 32, 16, 1024);
+    const uint64_t db = smem_desc(stage + 4 * w * kPanelBytes + kk * 16 * 128, kPanelBytes, 1024);
+    wgmma_m64n256k16_bmn(&o[0][0], da, db, 1);
+  }
+  wgmma_commit();
+}
+
+__device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const uint32_t q_tile = smem_addr(smem);
+  // KV stage s is at q_tile + (1 + s) * kTileBytes.
+  float* m_slot = reinterpret_cast<float*>(smem + 3 * kTileBytes);  // [2 stages][64 rows]
+  float* red_sum = m_slot + 2 * kRows;                               // [2 warpgroups][64 rows]
+  const uint32_t bars = smem_addr(red_sum + 2 * kRows);
+  auto full_bar = [&](int s) { return bars + 8 * s; };
+  auto empty_bar = [&](int s) { return bars + 16 + 8 * s; };
+  auto pub_bar = [&](int s) { return bars + 32 + 8 * s; };
+  auto stage_addr = [&](int s) { return q_tile + (1 + s) * kTileBytes; };
+
+  const Schedule sched{reinterpret_cast<const int*>(p.sched), p.batch};
+  const int per = sched.per_part();
+  const int part = blockIdx.x;
+  const PartView view{sched.prefix(), reinterpret_cast<const int*>(p.seq_lens), p.batch, part * per, part * per + per - 1};
+  const int row0 = blockIdx.y * kRows;
+  const int R = p.s_q * p.h_q;
+  const int w = threadIdx.x >> 7;  // warpgroup
+  const int t = threadIdx.x & 127;
+  const int lane = threadIdx.x & 31;
+  const int frag_row = 16 * ((threadIdx.x >> 5) & 3) + (lane >> 2);  // and frag_row + 8
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(full_bar(s), 128);
+      mbar_init(empty_bar(s), 4);
+      mbar_init(pub_bar(s), 128);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  // Warpgroup w copies the blocks of chain parity 1 - w: first block 1 - w,
+  // then block x + 2 after its P V of block x.
+  // The page of the next block to copy is read one copy ahead, off the
+  // warpgroup's path (measured neutral, kept for the simpler copy call).
+  const int* table = reinterpret_cast<const int*>(p.block_table);
+  PartCursor copy_cur;
+  int copy_page = 0;
+  auto advance_copy = [&]() {  // two blocks on in the chain, and that block's page
+    if (copy_cur.b < p.batch) view.next(copy_cur);
+    if (copy_cur.b < p.batch) view.next(copy_cur);
+    if (copy_cur.b < p.batch) copy_page = table[static_cast<size_t>(copy_cur.b) * p.max_pages + copy_cur.k];
+  };
+  view.seek(copy_cur, sched.part_start()[part]);
+  if (w == 0 && copy_cur.b < p.batch) view.next(copy_cur);
+  if (copy_cur.b < p.batch) {
+    copy_page = table[static_cast<size_t>(copy_cur.b) * p.max_pages + copy_cur.k];
+    copy_block(stage_addr(1 - w), copy_cur, copy_page, p, t, full_bar(1 - w));
+  }
+  advance_copy();
+  // After this warpgroup's P V of block x (owned by the other): the other's
+  // P V of x is done too, so x's stage takes block x + 2.
+  auto copy_next = [&](int x) {
+    mbar_wait(empty_bar(x & 1), (x >> 1) & 1);
+    if (copy_cur.b < p.batch) copy_block(stage_addr(x & 1), copy_cur, copy_page, p, t, full_bar(x & 1));
+    advance_copy();
+  };
+
+  const __nv_bfloat16* q = reinterpret_cast<const __nv_bfloat16*>(p.q);
+  PartCursor cur;
+  view.seek(cur, sched.part_start()[part]);
+  int j = 0;  // chain index of the piece's first block
+  while (cur.b < p.batch) {
+    const int b = cur.b, len = cur.len, k0 = cur.k, k1 = cur.k1;
+    load_q(smem, q + (static_cast<size_t>(b) * R + row0) * kD, min(kRows, R - row0));
+    fence_proxy_async();
+    __syncthreads();
+
+    float o[32][4];
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY};
+    float l_run[2] = {0.f, 0.f};
+    int limit[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = row0 + frag_row + 8 * i;
+      limit[i] = r < R ? len - p.s_q + r / p.h_q : len - 1;
+    }
+    // The other warpgroup's block jx: take its maxima, rescale, O += P V_jx
+    // (left in flight; the caller waits).
+    auto other_block = [&](int jx) {
+      const int s = jx & 1;
+      mbar_wait(pub_bar(s), (jx >> 1) & 1);
+      float alpha[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float m_new = fmaxf(m_run[i], m_slot[s * kRows + frag_row + 8 * i]);
+        const float sub = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
+        alpha[i] = exp2f(m_run[i] * p.scale_log2 - sub);
+        m_run[i] = m_new;
+        l_run[i] *= alpha[i];
+      }
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          o[n][0] *= alpha[0];
+          o[n][1] *= alpha[0];
+          o[n][2] *= alpha[1];
+          o[n][3] *= alpha[1];
+        }
+      }
+      pv_issue(o, stage_addr(s), w);
+    };
+
+    // Every wgmma is issued and waited for within one pass of this loop:
+    // with a P V in flight across the back edge, ptxas serializes all of
+    // the kernel's wgmmas (C7514/C7518).
+    const int jb = j, je = j + (k1 - k0);
+    for (int jo = jb + ((w - jb) & 1); jo <= je; jo += 2) {
+      const int k = k0 + (jo - jb);
+      const int s = jo & 1;
+      const uint32_t stage = stage_addr(s);
+      if (jo > jb) {
+        // The previous (other's) block first, and its stage's refill before
+        // waiting for this block's copy: refilling only after this block
+        // landed would leave one block copy in flight at a time.
+        other_block(jo - 1);
+        wgmma_wait<0>();
+        copy_next(jo - 1);
+      }
+
+      // Own block: S = Q K^T over all 64 keys.
+      mbar_wait(full_bar(s), (jo >> 1) & 1);
+      fence_proxy_async();
+      float sc[32] = {};
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        const uint32_t k_off = (kk >> 2) * kPanelBytes + (kk & 3) * 32;
+        wgmma_m64n64k16(sc, smem_desc(q_tile + k_off, 16, 1024), smem_desc(stage + k_off, 16, 1024), kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+
+      // Mask, row maxima (all 64 keys are this warpgroup's), softmax.
+      float mx[2] = {-INFINITY, -INFINITY};
+      const int key0 = k * kBlock + 2 * (lane & 3);
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + 8 * n + (e & 1);
+          if (key > limit[e >> 1]) sc[4 * n + e] = -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], sc[4 * n + e]);
+        }
+      float sub[2], alpha[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float m_new = fmaxf(m_run[i], mx[i]);
+        sub[i] = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
+        alpha[i] = exp2f(m_run[i] * p.scale_log2 - sub[i]);
+        m_run[i] = m_new;
+        l_run[i] *= alpha[i];
+        if ((lane & 3) == 0) m_slot[s * kRows + frag_row + 8 * i] = m_new;
+      }
+      const uint32_t p_tile = stage + 8 * kPanelBytes;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          pr[e] = exp2f(sc[4 * n + e] * p.scale_log2 - sub[e >> 1]);
+          l_run[e >> 1] += pr[e];
+        }
+        const int col = 8 * n + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const __nv_bfloat162 v = __floats2bfloat162_rn(pr[2 * i], pr[2 * i + 1]);
+          const uint32_t addr = p_tile + tile_offset(frag_row + 8 * i, col & ~7) + (col & 7) * 2;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&v)) : "memory");
+        }
+      }
+      fence_proxy_async();
+      mbar_arrive(pub_bar(s));
+      mbar_wait(pub_bar(s), (jo >> 1) & 1);  // the whole P tile is written
+
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          o[n][0] *= alpha[0];
+          o[n][1] *= alpha[0];
+          o[n][2] *= alpha[1];
+          o[n][3] *= alpha[1];
+        }
+      }
+      pv_issue(o, stage, w);
+      wgmma_wait<0>();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty_bar(s));
+    }
+    if ((je & 1) != w) {  // the piece ends with the other's block
+      other_block(je);
+      wgmma_wait<0>();
+      copy_next(je);
+    }
+    j = je + 1;
+    // Epilogue: both halves share the maxima; the denominators add up.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+      if ((lane & 3) == 0) red_sum[w * kRows + frag_row + 8 * i] = l_run[i];
+    }
+    __syncthreads();
+    const int first = sched.prefix()[b] + kOverhead;
+    const int nb = cdiv(len, kBlock);
+    const int split_first = first / per;
+    const int split_last = (first + nb - 1) / per;
+    const bool whole = split_first == split_last;
+    const int slot = whole ? 0 : sched.split_base()[b] + part - split_first;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = frag_row + 8 * i;
+      const int row = row0 + r;
+      if (row >= R) continue;
+      const float l = red_sum[r] + red_sum[kRows + r];
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float lse = l > 0.f ? m_run[i] * p.scale + logf(l) : -INFINITY;
+      if (whole) {
+        __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          const int col = 256 * w + 8 * n + 2 * (lane & 3);
+          *reinterpret_cast<__nv_bfloat162*>(out + col) = __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        }
+        if (w == 0 && (lane & 3) == 0) {
+          const int sq = row / p.h_q, head = row % p.h_q;
+          reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse;
+        }
+      } else {
+        float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          const int col = 256 * w + 8 * n + 2 * (lane & 3);
+          *reinterpret_cast<float2*>(out + col) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        }
+        if (w == 0 && (lane & 3) == 0) reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
+      }
+    }
+    view.seek(cur, b + 1);
+    // The next piece's Q overwrites q_tile: every QK^T of this piece was
+    // waited for before the barrier above; red_sum is rewritten only after
+    // the next piece's barriers.
+  }
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_mma(MlaDecodeParams p) {
@@ -555,6 +988,14 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_mma(MlaD
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_wgmma(MlaDecodeParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   decode_part<true>(p);
+#else
+  __trap();  // needs sm_90a
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_seesaw(MlaDecodeParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  decode_part_seesaw(p);
 #else
   __trap();  // needs sm_90a
 #endif

@@ -40,9 +40,25 @@ struct Variant {
   const char* name;
   Kernel fn;
 };
-const Variant kVariants[] = {{"mma", mla_decode_mma}, {"wgmma", mla_decode_wgmma}};
+const Variant kVariants[] = {
+    {"mma", mla_decode_mma},
+    {"wgmma", mla_decode_wgmma},
+#ifdef MLA_HAS_SEESAW  // absent from earlier kernel versions built for side-by-side timing
+    {"seesaw", mla_decode_seesaw},
+#endif
+};
+
+// only: a comma-separated list of variant names, or null for all.
+bool selected(const char* only, const char* name) {
+  if (!only) return true;
+  const std::string list = std::string(",") + only + ",";
+  return list.find(std::string(",") + name + ",") != std::string::npos;
+}
 
 int g_sms = 0;
+// Parts per query tile for the check: 0 means as the engine does (SMs /
+// tiles); a small number makes long chains of blocks across sequences.
+int g_parts = 0;
 
 // The committed kernel schedules in a separate one-warp launch; the v6
 // experiment (docs/kernel-notes.md) fused it into the decode kernel and
@@ -70,7 +86,7 @@ struct Problem {
   float scale;
   int rows() const { return s_q * h_q; }
   int tiles() const { return cdiv(rows(), MLA_TILE_ROWS); }
-  int parts() const { return std::max(1, g_sms / tiles()); }
+  int parts() const { return g_parts > 0 ? g_parts : std::max(1, g_sms / tiles()); }
 };
 
 struct Buffers {
@@ -214,6 +230,19 @@ int run_check() {
   f += check_case(32, 2, {2, 3, 63, 64, 65, 200}, 1);  // lengths >= s_q
   f += check_case(128, 1, {1, 64, 65, 700}, 2);
   f += check_case(16, 1, {5000}, 3);  // one sequence over many splits
+  {
+    // Few parts: each walks many sequences, so blocks are prefetched across
+    // sequence boundaries and pieces start with either warpgroup.
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int> d(2, 330);
+    std::vector<int> lens(24);
+    for (int& l : lens) l = d(rng);
+    g_parts = 3;
+    f += check_case(128, 2, lens, 4);
+    g_parts = 5;
+    f += check_case(64, 1, lens, 5);
+    g_parts = 0;
+  }
   printf("check: %s\n", f ? "FAILED" : "all ok");
   return f ? 1 : 0;
 }
@@ -382,7 +411,7 @@ int run_bench(const char* only) {
   fill_random_bf16<<<4096, 256>>>(g_pool.cache, g_pool.pages * MLA_TILE_BYTES / 2, 12345);
   CK(cudaDeviceSynchronize());
   for (const Variant& v : kVariants) {
-    if (only && strcmp(only, v.name) != 0) continue;
+    if (!selected(only, v.name)) continue;
     phase_breakdown(v.fn, v.name, 64, 16, 1024);
     phase_breakdown(v.fn, v.name, 128, 128, 4096);
   }
@@ -390,8 +419,10 @@ int run_bench(const char* only) {
   printf("\n| kernel | b | h_q | s_q | s_k | us | GB/s | TFLOP/s | of copy BW | FlashMLA us | of FlashMLA GB/s | us with schedule |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Variant& v : kVariants) {
-    if (only && strcmp(only, v.name) != 0) continue;
+    if (!selected(only, v.name)) continue;
+    const char* only_h = getenv("BENCH_HQ");  // e.g. "128": only anchor shapes of that h_q
     for (const Anchor& a : kAnchors) {
+      if (only_h && atoi(only_h) != a.h) continue;
       double bytes, flops, us, us_step;
       std::vector<int> lens(a.b, a.sk);
       time_shape(v.fn, a.b, a.h, 1, lens, a.sk >= 16384 ? 10 : 30, &bytes, &flops, &us, &us_step);
@@ -416,10 +447,25 @@ int run_bench(const char* only) {
   return 0;
 }
 
+// One shape, a few calls: what a profiler (ncu) attaches to.
+int run_one(const char* name, int batch, int h_q, int s_k) {
+  g_pool.pages = size_t(2) * batch * cdiv(s_k, MLA_PAGE) + 64;
+  CK(cudaMalloc(&g_pool.cache, g_pool.pages * MLA_TILE_BYTES));
+  fill_random_bf16<<<4096, 256>>>(g_pool.cache, g_pool.pages * MLA_TILE_BYTES / 2, 12345);
+  for (const Variant& v : kVariants) {
+    if (!selected(name, v.name)) continue;
+    double bytes, flops, us, us_step;
+    std::vector<int> lens(batch, s_k);
+    time_shape(v.fn, batch, h_q, 1, lens, 3, &bytes, &flops, &us, &us_step);
+    printf("one %s b=%d h_q=%d s_k=%d: %.1f us\n", v.name, batch, h_q, s_k, us);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) { fprintf(stderr, "usage: %s check|bench [mma|wgmma]\n", argv[0]); return 2; }
+  if (argc < 2) { fprintf(stderr, "usage: %s check | bench [variants] | one variants b h_q s_k\n", argv[0]); return 2; }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   g_sms = prop.multiProcessorCount;
@@ -428,5 +474,6 @@ int main(int argc, char** argv) {
     CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, MLA_SMEM_BYTES));
   if (!strcmp(argv[1], "check")) return run_check();
   if (!strcmp(argv[1], "bench")) return run_bench(argc > 2 ? argv[2] : nullptr);
+  if (!strcmp(argv[1], "one") && argc == 6) return run_one(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   return 2;
 }

@@ -165,8 +165,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// The variants the tests cover; auto only chooses among them
+// (TestAutoKernelChoice).
+var testKernels = []string{KernelSeesaw, KernelWGMMA, KernelMMA}
+
 func TestDecodeMatchesFloat64Reference(t *testing.T) {
-	for _, kernel := range []string{KernelWGMMA, KernelMMA} {
+	for _, kernel := range testKernels {
 		for i, c := range decodeCases() {
 			t.Run(kernel+"/"+c.String(), func(t *testing.T) {
 				checkDecode(t, engineFor(t, kernel), c, uint64(100+i))
@@ -183,7 +187,7 @@ func TestDecodeReusesScheduleForSameLengths(t *testing.T) {
 	split := decodeCase{"reuse", 64, 1, []int32{4097, 1, 300, 2500}, deepseek}
 	other := decodeCase{"reuse-other-lengths", 64, 1, []int32{4000, 70, 1, 2600}, deepseek}
 	moreHeads := decodeCase{"reuse-more-heads", 128, 1, []int32{4097, 1, 300, 2500}, deepseek}
-	for _, kernel := range []string{KernelWGMMA, KernelMMA} {
+	for _, kernel := range append([]string{KernelAuto}, testKernels...) {
 		e := engineFor(t, kernel)
 		for i, c := range []decodeCase{split, split, other, split, moreHeads, split, split} {
 			t.Run(fmt.Sprintf("%s/%d-%s", kernel, i, c), func(t *testing.T) {
@@ -359,6 +363,31 @@ func TestDecodeRejectsForeignCacheAndBadRequest(t *testing.T) {
 	req.SeqLens[0] = 64
 	if err := other.Decode(context.Background(), c, req); err == nil {
 		t.Error("decode over another engine's cache succeeded")
+	}
+}
+
+func TestAutoKernelChoice(t *testing.T) {
+	for _, c := range []struct {
+		kernel string
+		tiles  int
+		want   string
+	}{
+		{KernelAuto, 1, "mla_decode_wgmma"},  // h_q <= 64, s_q = 1
+		{KernelAuto, 2, "mla_decode_seesaw"}, // h_q = 128, or 64 with s_q = 2
+		{KernelAuto, 4, "mla_decode_seesaw"},
+		{KernelWGMMA, 2, "mla_decode_wgmma"},
+		{KernelSeesaw, 1, "mla_decode_seesaw"},
+		{KernelMMA, 2, "mla_decode_mma"},
+	} {
+		if got := decodeFunctionName(c.kernel, c.tiles); got != c.want {
+			t.Errorf("decodeFunctionName(%s, %d) = %s, want %s", c.kernel, c.tiles, got, c.want)
+		}
+	}
+	if _, err := New(Options{Kernel: "flash"}); err == nil {
+		t.Error("New accepted an unknown kernel")
+	}
+	if e := engineFor(t, KernelAuto); e.Kernel() != KernelAuto {
+		t.Errorf("Kernel() = %s, want %s", e.Kernel(), KernelAuto)
 	}
 }
 

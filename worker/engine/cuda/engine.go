@@ -31,19 +31,41 @@ const Name = "cuda"
 const (
 	// EnvModule names a cubin to load instead of the embedded one.
 	EnvModule = "MLA_CUDA_MODULE"
-	// EnvKernel selects the decode kernel variant (KernelWGMMA, KernelMMA).
+	// EnvKernel selects the decode kernel variant (KernelAuto,
+	// KernelSeesaw, KernelWGMMA, KernelMMA).
 	EnvKernel = "MLA_CUDA_KERNEL"
 )
 
-// Decode kernel variants in the module. Both implement the same contract;
-// wgmma is Hopper's warpgroup tensor-core path, mma the mma.sync one.
+// Decode kernel variants in the module. All implement the same contract.
+// wgmma is Hopper's warpgroup tensor-core path with both warpgroups in
+// lockstep; seesaw lets them take turns so one's softmax overlaps the
+// other's matrix work; mma is the mma.sync fallback. auto picks per call
+// (decodeFunctionName). docs/kernel-notes.md has the measurements.
 const (
-	KernelWGMMA = "wgmma"
-	KernelMMA   = "mma"
+	KernelAuto   = "auto"
+	KernelSeesaw = "seesaw"
+	KernelWGMMA  = "wgmma"
+	KernelMMA    = "mma"
 )
 
 // DefaultKernel is the variant an engine uses unless told otherwise.
-const DefaultKernel = KernelWGMMA
+const DefaultKernel = KernelAuto
+
+// decodeFunctionName is the module function a decode call with the given
+// number of 64-row query tiles runs. auto takes seesaw where the query rows
+// (s_q x h_q) fill more than one tile, e.g. h_q = 128: there it measured
+// up to 11% faster than wgmma at long contexts on H100 and H200 (v9); with
+// one tile wgmma stays ahead on the shorter shapes.
+func decodeFunctionName(kernel string, tiles int) string {
+	if kernel == KernelAuto {
+		if tiles > 1 {
+			kernel = KernelSeesaw
+		} else {
+			kernel = KernelWGMMA
+		}
+	}
+	return "mla_decode_" + kernel
+}
 
 func init() {
 	engine.Register(Name, func(ordinal int) (engine.Engine, error) {
@@ -54,7 +76,7 @@ func init() {
 // Options configure an Engine.
 type Options struct {
 	Ordinal int
-	// Kernel is KernelWGMMA or KernelMMA; empty means $MLA_CUDA_KERNEL,
+	// Kernel is one of the Kernel constants; empty means $MLA_CUDA_KERNEL,
 	// else DefaultKernel.
 	Kernel string
 	// Module is a cubin image; nil means $MLA_CUDA_MODULE's file, else the
@@ -82,7 +104,9 @@ type Engine struct {
 }
 
 type functions struct {
-	schedule, decode, combine, scatter, gather cu.Function
+	schedule, combine, scatter, gather cu.Function
+	// decode runs calls whose query rows fit one tile, decodeTiles the rest.
+	decode, decodeTiles cu.Function
 }
 
 // scheduleKey identifies a computed schedule: it depends only on the
@@ -115,8 +139,11 @@ func New(opts Options) (*Engine, error) {
 	if kernel == "" {
 		kernel = DefaultKernel
 	}
-	if kernel != KernelWGMMA && kernel != KernelMMA {
-		return nil, fmt.Errorf("cuda engine: unknown kernel %q (want %q or %q)", kernel, KernelWGMMA, KernelMMA)
+	switch kernel {
+	case KernelAuto, KernelSeesaw, KernelWGMMA, KernelMMA:
+	default:
+		return nil, fmt.Errorf("cuda engine: unknown kernel %q (want %s, %s, %s or %s)", kernel,
+			KernelAuto, KernelSeesaw, KernelWGMMA, KernelMMA)
 	}
 	image := opts.Module
 	if image == nil {
@@ -172,7 +199,8 @@ func (e *Engine) load(image []byte) error {
 		name string
 	}{
 		{&e.fn.schedule, "mla_decode_schedule"},
-		{&e.fn.decode, "mla_decode_" + e.kernel},
+		{&e.fn.decode, decodeFunctionName(e.kernel, 1)},
+		{&e.fn.decodeTiles, decodeFunctionName(e.kernel, 2)},
 		{&e.fn.combine, "mla_decode_combine"},
 		{&e.fn.scatter, "mla_cache_scatter"},
 		{&e.fn.gather, "mla_cache_gather"},
@@ -182,7 +210,10 @@ func (e *Engine) load(image []byte) error {
 			return fmt.Errorf("cuda engine: kernel %s: %w", n.name, err)
 		}
 	}
-	return setMaxDynamicSharedMemory(e.fn.decode, smemBytes)
+	if err := setMaxDynamicSharedMemory(e.fn.decode, smemBytes); err != nil {
+		return err
+	}
+	return setMaxDynamicSharedMemory(e.fn.decodeTiles, smemBytes)
 }
 
 // do runs f with the engine's context current on this OS thread, one call
@@ -277,7 +308,11 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			}
 			e.sched.set(s.generation, parts, req.SeqLens)
 		}
-		if err := launchDecode(e.fn.decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
+		decode := e.fn.decode
+		if tiles > 1 {
+			decode = e.fn.decodeTiles
+		}
+		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)
 		}
 		if err := launchDecode(e.fn.combine, req.Batch, (rows+7)/8, 256, 0, e.stream, &p); err != nil {
