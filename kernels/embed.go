@@ -12,3 +12,14 @@ import _ "embed"
 //
 //go:embed mla_decode.cubin
 var MLADecode []byte
+
+// ParamsHeader is mla_decode_params.h, the kernels' parameter ABI, which the
+// Go engine's cgo shim includes from this directory. Go's build cache does
+// not track C headers outside a package's own directory, so a changed
+// header once left a stale shim whose MlaDecodeParams no longer matched the
+// kernels (garbage output, then an illegal address). Embedding the header
+// here makes every change to it rebuild this package and, through the
+// import, the engine's shim.
+//
+//go:embed mla_decode_params.h
+var ParamsHeader string

@@ -725,6 +725,23 @@ __device__ __forceinline__ void pv_issue(float (&o)[32][4], uint32_t stage, int 
   wgmma_commit();
 }
 
+#ifdef MLA_TRACE
+// Cycles per phase of the seesaw loop, summed over CTAs (thread 0 of each
+// warpgroup; hack/gpu/mla_bench.cu's `one` mode prints them when built with
+// -DMLA_TRACE). This is what showed where v9's time goes (kernel-notes.md).
+__device__ unsigned long long g_mla_trace[2][12];
+#define TRACE_START(v) long long v = clock64()
+#define TRACE_ADD(i, v)                                                  \
+  do {                                                                   \
+    const long long now_ = clock64();                                    \
+    if (t == 0) trace[i] += static_cast<unsigned long long>(now_ - (v)); \
+    v = now_;                                                            \
+  } while (0)
+#else
+#define TRACE_START(v)
+#define TRACE_ADD(i, v)
+#endif
+
 __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -748,6 +765,10 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   const int t = threadIdx.x & 127;
   const int lane = threadIdx.x & 31;
   const int frag_row = 16 * ((threadIdx.x >> 5) & 3) + (lane >> 2);  // and frag_row + 8
+#ifdef MLA_TRACE
+  unsigned long long trace[12] = {};
+  const long long t_begin = clock64();
+#endif
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < 2; ++s) {
@@ -813,7 +834,9 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     // (left in flight; the caller waits).
     auto other_block = [&](int jx) {
       const int s = jx & 1;
+      TRACE_START(tw);
       mbar_wait(pub_bar(s), (jx >> 1) & 1);
+      TRACE_ADD(0, tw);  // waiting for the other's softmax
       float alpha[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
@@ -848,12 +871,17 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
         // waiting for this block's copy: refilling only after this block
         // landed would leave one block copy in flight at a time.
         other_block(jo - 1);
+        TRACE_START(tp);
         wgmma_wait<0>();
+        TRACE_ADD(1, tp);  // its P V
         copy_next(jo - 1);
+        TRACE_ADD(2, tp);  // the refill (incl. waiting for the other's P V)
       }
 
       // Own block: S = Q K^T over all 64 keys.
+      TRACE_START(to);
       mbar_wait(full_bar(s), (jo >> 1) & 1);
+      TRACE_ADD(3, to);  // waiting for this block's copy
       fence_proxy_async();
       float sc[32] = {};
       wgmma_fence();
@@ -864,6 +892,7 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       }
       wgmma_commit();
       wgmma_wait<0>();
+      TRACE_ADD(4, to);  // QK^T
 
       // Mask, row maxima (all 64 keys are this warpgroup's), softmax.
       float mx[2] = {-INFINITY, -INFINITY};
@@ -908,6 +937,7 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       fence_proxy_async();
       mbar_arrive(pub_bar(s));
       mbar_wait(pub_bar(s), (jo >> 1) & 1);  // the whole P tile is written
+      TRACE_ADD(5, to);  // softmax and publishing
 
       if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
@@ -922,6 +952,10 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       wgmma_wait<0>();
       __syncwarp();
       if (lane == 0) mbar_arrive(empty_bar(s));
+      TRACE_ADD(6, to);  // own P V
+#ifdef MLA_TRACE
+      if (t == 0) trace[7] += 1;
+#endif
     }
     if ((je & 1) != w) {  // the piece ends with the other's block
       other_block(je);
@@ -973,10 +1007,18 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       }
     }
     view.seek(cur, b + 1);
+#ifdef MLA_TRACE
+    if (t == 0) trace[8] += 1;
+#endif
     // The next piece's Q overwrites q_tile: every QK^T of this piece was
     // waited for before the barrier above; red_sum is rewritten only after
     // the next piece's barriers.
   }
+#ifdef MLA_TRACE
+  trace[9] = clock64() - t_begin;
+  if (t == 0)
+    for (int i = 0; i < 10; ++i) atomicAdd(&g_mla_trace[w][i], trace[i]);
+#endif
 }
 
 }  // namespace

@@ -456,8 +456,23 @@ int run_one(const char* name, int batch, int h_q, int s_k) {
     if (!selected(name, v.name)) continue;
     double bytes, flops, us, us_step;
     std::vector<int> lens(batch, s_k);
+#ifdef MLA_TRACE
+    unsigned long long zero[2][12] = {};
+    CK(cudaMemcpyToSymbol(g_mla_trace, zero, sizeof(zero)));
+#endif
     time_shape(v.fn, batch, h_q, 1, lens, 3, &bytes, &flops, &us, &us_step);
     printf("one %s b=%d h_q=%d s_k=%d: %.1f us\n", v.name, batch, h_q, s_k, us);
+#ifdef MLA_TRACE  // the seesaw kernel's phases, per block it owns
+    unsigned long long tr[2][12];
+    CK(cudaMemcpyFromSymbol(tr, g_mla_trace, sizeof(tr)));
+    const char* names[] = {"wait pub", "other PV", "refill", "wait data", "QK", "softmax+pub", "own PV", "", "", "total"};
+    for (int w = 0; w < 2 && tr[w][7] > 0; ++w) {
+      printf("trace warpgroup %d, cycles per own block:", w);
+      for (int i = 0; i < 10; ++i)
+        if (i != 7 && i != 8) printf(" %s %.0f", names[i], double(tr[w][i]) / double(tr[w][7]));
+      printf(" (own blocks %llu, pieces %llu)\n", tr[w][7], tr[w][8]);
+    }
+#endif
   }
   return 0;
 }

@@ -39,7 +39,14 @@ import (
 	"unsafe"
 
 	"gorgonia.org/cu"
+
+	"github.com/mla-operator/mla-operator/kernels"
 )
+
+// The shim includes kernels/mla_decode_params.h; kernels.ParamsHeader
+// embeds it so that editing the header rebuilds this package (Go's build
+// cache does not track headers outside the package directory).
+var _ = kernels.ParamsHeader
 
 // Sizes fixed by the kernels' ABI (mla_decode_params.h).
 const (
