@@ -166,7 +166,7 @@ func TestMain(m *testing.M) {
 }
 
 // The variants the tests cover; auto only chooses among them
-// (TestAutoKernelChoice).
+// (TestDecodeFunctionName).
 var testKernels = []string{KernelSeesaw, KernelWGMMA, KernelMMA}
 
 func TestDecodeMatchesFloat64Reference(t *testing.T) {
@@ -366,23 +366,7 @@ func TestDecodeRejectsForeignCacheAndBadRequest(t *testing.T) {
 	}
 }
 
-func TestAutoKernelChoice(t *testing.T) {
-	for _, c := range []struct {
-		kernel string
-		tiles  int
-		want   string
-	}{
-		{KernelAuto, 1, "mla_decode_wgmma"},  // h_q <= 64, s_q = 1
-		{KernelAuto, 2, "mla_decode_seesaw"}, // h_q = 128, or 64 with s_q = 2
-		{KernelAuto, 4, "mla_decode_seesaw"},
-		{KernelWGMMA, 2, "mla_decode_wgmma"},
-		{KernelSeesaw, 1, "mla_decode_seesaw"},
-		{KernelMMA, 2, "mla_decode_mma"},
-	} {
-		if got := decodeFunctionName(c.kernel, c.tiles); got != c.want {
-			t.Errorf("decodeFunctionName(%s, %d) = %s, want %s", c.kernel, c.tiles, got, c.want)
-		}
-	}
+func TestKernelOptions(t *testing.T) {
 	if _, err := New(Options{Kernel: "flash"}); err == nil {
 		t.Error("New accepted an unknown kernel")
 	}

@@ -36,37 +36,6 @@ const (
 	EnvKernel = "MLA_CUDA_KERNEL"
 )
 
-// Decode kernel variants in the module. All implement the same contract.
-// wgmma is Hopper's warpgroup tensor-core path with both warpgroups in
-// lockstep; seesaw lets them take turns so one's softmax overlaps the
-// other's matrix work; mma is the mma.sync fallback. auto picks per call
-// (decodeFunctionName). docs/kernel-notes.md has the measurements.
-const (
-	KernelAuto   = "auto"
-	KernelSeesaw = "seesaw"
-	KernelWGMMA  = "wgmma"
-	KernelMMA    = "mma"
-)
-
-// DefaultKernel is the variant an engine uses unless told otherwise.
-const DefaultKernel = KernelAuto
-
-// decodeFunctionName is the module function a decode call with the given
-// number of 64-row query tiles runs. auto takes seesaw where the query rows
-// (s_q x h_q) fill more than one tile, e.g. h_q = 128: there it measured
-// up to 11% faster than wgmma at long contexts on H100 and H200 (v9); with
-// one tile wgmma stays ahead on the shorter shapes.
-func decodeFunctionName(kernel string, tiles int) string {
-	if kernel == KernelAuto {
-		if tiles > 1 {
-			kernel = KernelSeesaw
-		} else {
-			kernel = KernelWGMMA
-		}
-	}
-	return "mla_decode_" + kernel
-}
-
 func init() {
 	engine.Register(Name, func(ordinal int) (engine.Engine, error) {
 		return New(Options{Ordinal: ordinal})
@@ -105,8 +74,9 @@ type Engine struct {
 
 type functions struct {
 	schedule, combine, scatter, gather cu.Function
-	// decode runs calls whose query rows fit one tile, decodeTiles the rest.
-	decode, decodeTiles cu.Function
+	// decode runs calls whose query rows fit one tile; decodeLong and
+	// decodeShort the others, by mean sequence length (decodeFunctionName).
+	decode, decodeLong, decodeShort cu.Function
 }
 
 // scheduleKey identifies a computed schedule: it depends only on the
@@ -199,8 +169,9 @@ func (e *Engine) load(image []byte) error {
 		name string
 	}{
 		{&e.fn.schedule, "mla_decode_schedule"},
-		{&e.fn.decode, decodeFunctionName(e.kernel, 1)},
-		{&e.fn.decodeTiles, decodeFunctionName(e.kernel, 2)},
+		{&e.fn.decode, decodeFunctionName(e.kernel, 1, 0)},
+		{&e.fn.decodeLong, decodeFunctionName(e.kernel, 2, seesawMinMeanLen)},
+		{&e.fn.decodeShort, decodeFunctionName(e.kernel, 2, 0)},
 		{&e.fn.combine, "mla_decode_combine"},
 		{&e.fn.scatter, "mla_cache_scatter"},
 		{&e.fn.gather, "mla_cache_gather"},
@@ -210,10 +181,12 @@ func (e *Engine) load(image []byte) error {
 			return fmt.Errorf("cuda engine: kernel %s: %w", n.name, err)
 		}
 	}
-	if err := setMaxDynamicSharedMemory(e.fn.decode, smemBytes); err != nil {
-		return err
+	for _, f := range []cu.Function{e.fn.decode, e.fn.decodeLong, e.fn.decodeShort} {
+		if err := setMaxDynamicSharedMemory(f, smemBytes); err != nil {
+			return err
+		}
 	}
-	return setMaxDynamicSharedMemory(e.fn.decodeTiles, smemBytes)
+	return nil
 }
 
 // do runs f with the engine's context current on this OS thread, one call
@@ -310,7 +283,10 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 		}
 		decode := e.fn.decode
 		if tiles > 1 {
-			decode = e.fn.decodeTiles
+			decode = e.fn.decodeShort
+			if meanLen(req.SeqLens) >= seesawMinMeanLen {
+				decode = e.fn.decodeLong
+			}
 		}
 		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)

@@ -1,0 +1,55 @@
+// Which decode kernel of the module a call runs. This file has no build
+// tag: the choice is pure, so its table test runs in CI, where the rest of
+// the package (behind the cuda tag) does not build.
+
+package cuda
+
+// Decode kernel variants in the module. All implement the same contract.
+// wgmma is Hopper's warpgroup tensor-core path with both warpgroups in
+// lockstep; seesaw lets them take turns so one's softmax overlaps the
+// other's matrix work; mma is the mma.sync fallback. auto picks per call
+// (decodeFunctionName). docs/kernel-notes.md has the measurements.
+const (
+	KernelAuto   = "auto"
+	KernelSeesaw = "seesaw"
+	KernelWGMMA  = "wgmma"
+	KernelMMA    = "mma"
+)
+
+// DefaultKernel is the variant an engine uses unless told otherwise.
+const DefaultKernel = KernelAuto
+
+// seesawMinMeanLen is the mean sequence length from which auto prefers
+// seesaw for multi-tile queries. Measured side by side (H100 and H200,
+// 2026-11-27, docs/kernel-notes.md v9): at h_q = 128 seesaw is 1-6% ahead
+// of wgmma from s_k = 4096 on H100 (5-11% on H200) and 9-14% on mixed
+// lengths and s_q = 2, but 6-8% behind at s_k = 1024, where its
+// per-sequence Q load is not overlapped with the first block's copy.
+const seesawMinMeanLen = 2048
+
+// decodeFunctionName is the module function that a decode call with the
+// given number of 64-row query tiles (s_q x h_q rows) and mean sequence
+// length runs under kernel. auto: wgmma for one tile, where its lockstep
+// warpgroups are at 0.83-1.03 of FlashMLA; seesaw for several tiles
+// (h_q = 128, or s_q = 2 with h_q = 64) unless the sequences are short.
+func decodeFunctionName(kernel string, tiles int, meanLen int) string {
+	if kernel == KernelAuto {
+		kernel = KernelWGMMA
+		if tiles > 1 && meanLen >= seesawMinMeanLen {
+			kernel = KernelSeesaw
+		}
+	}
+	return "mla_decode_" + kernel
+}
+
+// meanLen is the mean of a batch's sequence lengths (0 for none).
+func meanLen(lens []int32) int {
+	if len(lens) == 0 {
+		return 0
+	}
+	var sum int64
+	for _, l := range lens {
+		sum += int64(l)
+	}
+	return int(sum / int64(len(lens)))
+}
