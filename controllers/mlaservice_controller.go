@@ -319,7 +319,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	desired := ptrOr(svc.Spec.Replicas, 1)
 
 	own := ownedBy(&svc, pods)
-	agg := statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, now, o.ReportStaleAfter)
+	agg := statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, workerreport.SinceReportTime(now), o.ReportStaleAfter)
 
 	// Autoscaling owns spec.replicas while it is set.
 	if a := svc.Spec.Autoscaling; a != nil && !feasibility.Blocked {
@@ -392,7 +392,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 
 	// The status describes the cluster as it is about to be.
 	own = ownedBy(&svc, r.Pods.Observe(podList.Items, now))
-	agg = statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, now, o.ReportStaleAfter)
+	agg = statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, workerreport.SinceReportTime(now), o.ReportStaleAfter)
 	status := svc.Status.DeepCopy()
 	status.ObservedGeneration = svc.Generation
 	status.Replicas, status.ReadyReplicas, status.UpdatedReplicas = agg.Replicas, agg.ReadyReplicas, agg.UpdatedReplicas

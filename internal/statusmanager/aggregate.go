@@ -36,14 +36,14 @@ type Aggregate struct {
 	// Errors lists workers that report they cannot serve, or whose report
 	// cannot be read.
 	Errors []string
-	// NextStale is how long until the freshest-expiring counted report goes
-	// stale; 0 when no report is counted.
+	// NextStale is how long until the first counted report goes stale
+	// (by the ages given); 0 when no report is counted.
 	NextStale time.Duration
 }
 
 // AggregateWorkers summarizes the service's worker pods (non-terminal ones;
-// terminal pods are skipped).
-func AggregateWorkers(pods []corev1.Pod, revision string, contextLength int64, now time.Time, staleAfter time.Duration) Aggregate {
+// terminal pods are skipped); ages says how old each report is.
+func AggregateWorkers(pods []corev1.Pod, revision string, contextLength int64, ages workerreport.Ages, staleAfter time.Duration) Aggregate {
 	a := Aggregate{Load: autoscale.Load{ContextLength: contextLength}}
 	for i := range pods {
 		pod := &pods[i]
@@ -75,11 +75,11 @@ func AggregateWorkers(pods []corev1.Pod, revision string, contextLength int64, n
 			if r.Error != "" {
 				a.Errors = append(a.Errors, fmt.Sprintf("worker %s: %s", pod.Name, r.Error))
 			}
-			if workerreport.Fresh(r, now, staleAfter) {
+			if workerreport.Fresh(pod, r, ages, staleAfter) {
 				maxContext = r.MaxContextLength
 			}
 		}
-		if workerreport.Counted(pod, r, now, staleAfter) {
+		if workerreport.Counted(pod, r, ages, staleAfter) {
 			w.Ready = true
 			w.CapacityTokens, w.UsedTokens = r.CapacityTokens, r.UsedTokens
 			w.ActiveSequences, w.WaitingRequests = r.ActiveSequences, r.WaitingRequests
@@ -91,7 +91,7 @@ func AggregateWorkers(pods []corev1.Pod, revision string, contextLength int64, n
 			a.Load.UsedTokens += r.UsedTokens
 			a.Load.ActiveSequences += r.ActiveSequences
 			a.Load.WaitingRequests += r.WaitingRequests
-			if left := r.Time.Add(staleAfter).Sub(now); a.NextStale == 0 || left < a.NextStale {
+			if left := staleAfter - ages(pod, r); a.NextStale == 0 || left < a.NextStale {
 				a.NextStale = max(left, time.Millisecond)
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
 	"github.com/mla-operator/mla-operator/internal/capacity"
 	"github.com/mla-operator/mla-operator/internal/placement"
+	"github.com/mla-operator/mla-operator/internal/workerreport"
 	"github.com/mla-operator/mla-operator/test/builders"
 )
 
@@ -58,7 +59,7 @@ func TestAggregateCountsOnlyReadyFreshWorkers(t *testing.T) {
 		worker("silent", true, 8000, nil),
 		old, deleting, done,
 	}
-	a := AggregateWorkers(pods, "rev", 4096, now, stale)
+	a := AggregateWorkers(pods, "rev", 4096, workerreport.SinceReportTime(now), stale)
 	wantCap, wantUsed := int64(1000+3000+100), int64(250+500+50)
 	if a.KVCache.CapacityTokens != wantCap || a.KVCache.UsedTokens != wantUsed || a.ReadyReplicas != 3 {
 		t.Fatalf("kv %+v ready %d, want %d/%d and 3 ready", a.KVCache, a.ReadyReplicas, wantCap, wantUsed)
@@ -95,8 +96,25 @@ func TestAggregateCountsOnlyReadyFreshWorkers(t *testing.T) {
 	}
 }
 
+// The ages decide, not the workers' clocks: a node whose clock runs behind
+// still counts, and one ahead does not keep a silent worker counted.
+func TestAggregateJudgesByTheAgesGiven(t *testing.T) {
+	behind := worker("behind", true, 100, report(1000, 10, 5*time.Minute))
+	ahead := worker("ahead", true, 100, report(2000, 20, -5*time.Minute))
+	behind.UID, ahead.UID = "behind", "ahead"
+	byOperator := map[string]time.Duration{"behind": 20 * time.Second, "ahead": stale + time.Second}
+	ages := func(pod *corev1.Pod, _ *v1alpha1.Report) time.Duration { return byOperator[string(pod.UID)] }
+	a := AggregateWorkers([]corev1.Pod{behind, ahead}, "rev", 4096, ages, stale)
+	if a.ReadyReplicas != 1 || a.KVCache.CapacityTokens != 1000 || a.NextStale != stale-20*time.Second {
+		t.Fatalf("ready %d, kv %+v, next stale %s: want the node behind counted, for %s more", a.ReadyReplicas, a.KVCache, a.NextStale, stale-20*time.Second)
+	}
+	if a.MaxContextLength != 1000 {
+		t.Errorf("max context %d: the stale report's 2000 counted", a.MaxContextLength)
+	}
+}
+
 func TestAggregateWithNoReports(t *testing.T) {
-	a := AggregateWorkers([]corev1.Pod{worker("a", true, 500, nil)}, "rev", 4096, now, stale)
+	a := AggregateWorkers([]corev1.Pod{worker("a", true, 500, nil)}, "rev", 4096, workerreport.SinceReportTime(now), stale)
 	if a.KVCache != (v1alpha1.KVCacheStatus{}) || a.ReadyReplicas != 0 || a.NextStale != 0 || a.MaxContextLength != 500 {
 		t.Fatalf("%+v", a)
 	}

@@ -53,6 +53,9 @@ type Input struct {
 	// StaleAfter bounds report freshness when choosing the least-loaded
 	// worker to drain.
 	StaleAfter time.Duration
+	// ReportAges says how old each report is (the operator's
+	// reportclock); nil trusts the workers' clocks against Now.
+	ReportAges workerreport.Ages
 }
 
 // Deletion is a pod to delete.
@@ -212,10 +215,14 @@ func order(pods []*corev1.Pod, in Input) []*corev1.Pod {
 		used    int64
 		active  int32
 	}
+	ages := in.ReportAges
+	if ages == nil {
+		ages = workerreport.SinceReportTime(in.Now)
+	}
 	keys := map[*corev1.Pod]key{}
 	for _, pod := range pods {
 		r, _ := workerreport.Parse(pod)
-		k := key{counted: workerreport.Counted(pod, r, in.Now, in.StaleAfter)}
+		k := key{counted: workerreport.Counted(pod, r, ages, in.StaleAfter)}
 		if k.counted {
 			k.used, k.active = r.UsedTokens, r.ActiveSequences
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
 	"github.com/mla-operator/mla-operator/internal/workerpod"
+	"github.com/mla-operator/mla-operator/internal/workerreport"
 	"github.com/mla-operator/mla-operator/test/builders"
 )
 
@@ -198,4 +199,31 @@ func ordinalOf(t *testing.T, name string) int {
 	}
 	t.Fatalf("no ordinal in %s", name)
 	return -1
+}
+
+// Scale-down judges reports by the ages it is given: a busy worker whose
+// report the operator has not seen renewed goes before an idle one, whatever
+// the report's time says.
+func TestScaleDownDrainsStaleByTheOperatorsClock(t *testing.T) {
+	busy, idle := pod("svc-new-0", rev, "a", true, 900), pod("svc-new-1", rev, "a", true, 10)
+	ages := func(p *corev1.Pod, _ *v1alpha1.Report) time.Duration {
+		if p.Name == busy.Name {
+			return 2 * time.Minute
+		}
+		return 0
+	}
+	for _, tc := range []struct {
+		name  string
+		ages  workerreport.Ages
+		drain string
+	}{
+		{"workers' clocks", nil, idle.Name},
+		{"operator's clock", ages, busy.Name},
+	} {
+		p := Decide(Input{Service: builders.MLAService("ns", "svc").Obj(), Revision: rev, Pods: []corev1.Pod{busy, idle},
+			Nodes: nodes("a"), Desired: 1, Now: now, StaleAfter: time.Minute, ReportAges: tc.ages})
+		if len(p.Deletions) != 1 || p.Deletions[0].Pod.Name != tc.drain {
+			t.Errorf("%s: deletions %+v, want %s drained", tc.name, p.Deletions, tc.drain)
+		}
+	}
 }

@@ -40,15 +40,27 @@ func PodReady(pod *corev1.Pod) bool {
 	return false
 }
 
-// Fresh reports whether r was made within staleAfter of now.
-func Fresh(r *v1alpha1.Report, now time.Time, staleAfter time.Duration) bool {
-	return r != nil && !r.Time.IsZero() && now.Sub(r.Time.Time) <= staleAfter
+// Ages says how old a pod's report is. The operator's comes from
+// internal/reportclock (its own clock, from when it saw the report's time
+// change); SinceReportTime takes the worker's clock at its word. It is
+// called only for reports that carry a time.
+type Ages func(pod *corev1.Pod, r *v1alpha1.Report) time.Duration
+
+// SinceReportTime ages reports by now - report time, trusting the worker's
+// clock: for tests and tools that look at a snapshot once.
+func SinceReportTime(now time.Time) Ages {
+	return func(_ *corev1.Pod, r *v1alpha1.Report) time.Duration { return now.Sub(r.Time.Time) }
+}
+
+// Fresh reports whether the pod's report r is at most staleAfter old by ages.
+func Fresh(pod *corev1.Pod, r *v1alpha1.Report, ages Ages, staleAfter time.Duration) bool {
+	return r != nil && !r.Time.IsZero() && ages(pod, r) <= staleAfter
 }
 
 // Counted reports whether a worker's capacity counts: its pod is Ready and
 // not being deleted, and its report is fresh, ready, not draining and
 // error-free. Capacity that no such worker reports is never promised.
-func Counted(pod *corev1.Pod, r *v1alpha1.Report, now time.Time, staleAfter time.Duration) bool {
-	return pod.DeletionTimestamp == nil && PodReady(pod) && Fresh(r, now, staleAfter) &&
-		r.Ready && !r.Draining && r.Error == ""
+func Counted(pod *corev1.Pod, r *v1alpha1.Report, ages Ages, staleAfter time.Duration) bool {
+	return pod.DeletionTimestamp == nil && PodReady(pod) && r != nil &&
+		r.Ready && !r.Draining && r.Error == "" && Fresh(pod, r, ages, staleAfter)
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
@@ -21,15 +22,22 @@ func TestCounted(t *testing.T) {
 		mutate func(*v1alpha1.Report)
 		delete bool
 		want   bool
+		// ages, when set, replaces the worker's clock (now - report time).
+		ages Ages
 	}{
-		{"ready and fresh", true, &fresh, nil, false, true},
-		{"pod not ready", false, &fresh, nil, false, false},
-		{"no report", true, nil, nil, false, false},
-		{"stale", true, &fresh, func(r *v1alpha1.Report) { r.Time = metav1.NewTime(now.Add(-2 * time.Minute)) }, false, false},
-		{"worker not ready", true, &fresh, func(r *v1alpha1.Report) { r.Ready = false }, false, false},
-		{"draining", true, &fresh, func(r *v1alpha1.Report) { r.Draining = true }, false, false},
-		{"error", true, &fresh, func(r *v1alpha1.Report) { r.Error = "does not fit" }, false, false},
-		{"being deleted", true, &fresh, nil, true, false},
+		{"ready and fresh", true, &fresh, nil, false, true, nil},
+		{"pod not ready", false, &fresh, nil, false, false, nil},
+		{"no report", true, nil, nil, false, false, nil},
+		{"stale", true, &fresh, func(r *v1alpha1.Report) { r.Time = metav1.NewTime(now.Add(-2 * time.Minute)) }, false, false, nil},
+		{"worker not ready", true, &fresh, func(r *v1alpha1.Report) { r.Ready = false }, false, false, nil},
+		{"draining", true, &fresh, func(r *v1alpha1.Report) { r.Draining = true }, false, false, nil},
+		{"error", true, &fresh, func(r *v1alpha1.Report) { r.Error = "does not fit" }, false, false, nil},
+		{"being deleted", true, &fresh, nil, true, false, nil},
+		// The age is the operator's, whatever the report's time says.
+		{"old time, renewed by the operator's clock", true, &fresh, func(r *v1alpha1.Report) { r.Time = metav1.NewTime(now.Add(-time.Hour)) }, false, true,
+			func(*corev1.Pod, *v1alpha1.Report) time.Duration { return 0 }},
+		{"recent time, stale by the operator's clock", true, &fresh, nil, false, false,
+			func(*corev1.Pod, *v1alpha1.Report) time.Duration { return 91 * time.Second }},
 	} {
 		b := builders.Pod("ns", "w").Running(tc.ready)
 		if tc.report != nil {
@@ -47,9 +55,25 @@ func TestCounted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := Counted(pod, r, now, 90*time.Second); got != tc.want {
+		ages := tc.ages
+		if ages == nil {
+			ages = SinceReportTime(now)
+		}
+		if got := Counted(pod, r, ages, 90*time.Second); got != tc.want {
 			t.Errorf("%s: counted %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestFreshNeedsATime(t *testing.T) {
+	called := false
+	ages := func(*corev1.Pod, *v1alpha1.Report) time.Duration { called = true; return 0 }
+	pod := builders.Pod("ns", "w").Obj()
+	if Fresh(pod, nil, ages, time.Minute) || Fresh(pod, &v1alpha1.Report{Ready: true}, ages, time.Minute) {
+		t.Error("a missing report, or one without a time, is fresh")
+	}
+	if called {
+		t.Error("ages asked about a report without a time")
 	}
 }
 
