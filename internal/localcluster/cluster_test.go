@@ -245,6 +245,50 @@ func TestWorkerPodRunsAsAProcess(t *testing.T) {
 	}
 }
 
+// The node lifecycle controller sets Ready=False on every pod of a node
+// whose lease heartbeats lag; the runtime, like a kubelet, sets a running,
+// healthy worker's readiness back, and then stops writing.
+func TestWorkerReadinessFlippedByOthersIsRestored(t *testing.T) {
+	ns := namespace(t)
+	create(t, workerPod(ns, "flip"))
+	var pod *corev1.Pod
+	eventually(t, 30*time.Second, func() error {
+		pod = getPod(t, ns, "flip")
+		if !ready(pod) {
+			return fmt.Errorf("not ready: phase %s", pod.Status.Phase)
+		}
+		return nil
+	})
+	containerID := pod.Status.ContainerStatuses[0].ContainerID
+	for i, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady || c.Type == corev1.ContainersReady {
+			pod.Status.Conditions[i].Status = corev1.ConditionFalse
+			pod.Status.Conditions[i].LastTransitionTime = metav1.Now()
+		}
+	}
+	if _, err := cluster.Client.CoreV1().Pods(ns).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		pod = getPod(t, ns, "flip")
+		for _, c := range pod.Status.Conditions {
+			if (c.Type == corev1.PodReady || c.Type == corev1.ContainersReady) && c.Status != corev1.ConditionTrue {
+				return fmt.Errorf("%s is %s", c.Type, c.Status)
+			}
+		}
+		return nil
+	})
+	if cs := pod.Status.ContainerStatuses[0]; cs.ContainerID != containerID || cs.RestartCount != 0 {
+		t.Errorf("worker restarted: container %s (was %s), %d restarts", cs.ContainerID, containerID, cs.RestartCount)
+	}
+	// No write loop: the pod stays as it is (the fake worker writes no reports).
+	rv := pod.ResourceVersion
+	time.Sleep(3 * time.Second)
+	if again := getPod(t, ns, "flip"); again.ResourceVersion != rv {
+		t.Errorf("pod still being written after the restore: resourceVersion %s -> %s", rv, again.ResourceVersion)
+	}
+}
+
 func TestCrashingWorkerBacksOffAndReportsItsStderr(t *testing.T) {
 	ns := namespace(t)
 	create(t, workerPod(ns, "crash",

@@ -112,6 +112,7 @@ func (w *podWorker) run(ctx context.Context) {
 				w.terminate(ctx)
 				return
 			}
+			w.restoreReadiness(ctx)
 		case <-exited:
 			restart = w.exited(ctx)
 		case <-restart:
@@ -340,12 +341,38 @@ func (w *podWorker) remove(ctx context.Context) {
 	}
 }
 
+// restoreReadiness rewrites the status of a pod whose readiness conditions,
+// as just observed, disagree with the worker's state (see
+// ReadinessDisagrees); it writes nothing when they agree, so the pod
+// updates the runtime's own writes and the worker's reports cause stay
+// free. A stale update (one that predates the runtime's last write) costs
+// one conflicting write and a get, after which the fresh pod agrees.
+func (w *podWorker) restoreReadiness(ctx context.Context) {
+	disagrees := func(p *corev1.Pod) bool { return ReadinessDisagrees(p, w.state) }
+	if !disagrees(w.pod) {
+		return
+	}
+	if w.write(ctx, disagrees) {
+		w.logf("rewrote pod readiness conditions that disagreed with the worker (container ready %v)", w.state.Container.Ready)
+	}
+}
+
 // publish writes the state into the pod's status, retrying on conflicts
 // with the worker's own report writes.
 func (w *podWorker) publish(ctx context.Context) {
+	_ = w.write(ctx, nil)
+}
+
+// write renders the state into the pod's status and updates it, retrying
+// on conflicts against the latest pod; a non-nil needed can call the write
+// off for that pod. It reports whether a status update went through.
+func (w *podWorker) write(ctx context.Context, needed func(*corev1.Pod) bool) (wrote bool) {
 	pods := w.rt.opts.Client.CoreV1().Pods(w.pod.Namespace)
 	current := w.pod
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		if needed != nil && !needed(current) {
+			return nil
+		}
 		st := RenderStatus(current, w.state, time.Now())
 		if equality.Semantic.DeepEqual(st, current.Status) {
 			return nil
@@ -353,6 +380,7 @@ func (w *podWorker) publish(ctx context.Context) {
 		next := current.DeepCopy()
 		next.Status = st
 		_, err := pods.UpdateStatus(ctx, next, metav1.UpdateOptions{})
+		wrote = err == nil
 		if apierrors.IsConflict(err) {
 			fresh, gerr := pods.Get(ctx, w.pod.Name, metav1.GetOptions{})
 			if gerr != nil {
@@ -368,4 +396,5 @@ func (w *podWorker) publish(ctx context.Context) {
 	if err != nil && !apierrors.IsNotFound(err) && ctx.Err() == nil {
 		w.logf("updating status: %v", err)
 	}
+	return wrote
 }

@@ -136,3 +136,25 @@ func setCondition(conds *[]corev1.PodCondition, t corev1.PodConditionType, ok bo
 	}
 	*conds = append(*conds, corev1.PodCondition{Type: t, Status: status, Reason: reason, LastTransitionTime: now})
 }
+
+// ReadinessDisagrees reports whether the pod's Ready or ContainersReady
+// condition, as observed in the API, differs from what RenderStatus writes
+// for state (a missing condition disagrees). The runtime only writes status
+// when its own state changes, so a flip by someone else would otherwise
+// stick: the node lifecycle controller sets Ready=False on every pod of a
+// node whose lease heartbeats lag (kwok on a saturated machine), once per
+// Ready->NotReady transition of the node, and never sets it back. A
+// kubelet's status manager rewrites such a drift; so does the runtime, on
+// the pod update that shows it. Only the condition statuses are compared:
+// the rest of the status (timestamps truncated to seconds by the API
+// server) never compares equal to the in-memory state.
+func ReadinessDisagrees(pod *corev1.Pod, state PodState) bool {
+	want := RenderStatus(pod, state, time.Time{})
+	for _, t := range []corev1.PodConditionType{corev1.ContainersReady, corev1.PodReady} {
+		got := findCondition(pod.Status.Conditions, t)
+		if got == nil || got.Status != findCondition(want.Conditions, t).Status {
+			return true
+		}
+	}
+	return false
+}

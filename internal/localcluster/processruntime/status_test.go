@@ -101,3 +101,79 @@ func TestRenderStatusKeepsTransitionTimes(t *testing.T) {
 		t.Errorf("Ready flip kept transition time %s", got)
 	}
 }
+
+func TestReadinessDisagrees(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	readyState := PodState{Phase: corev1.PodRunning, PodIP: "127.20.1.1", StartTime: t0,
+		Container: ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(t0)}, Ready: true}}
+	notReadyState := readyState
+	notReadyState.Container.Ready = false
+	set := func(conds []corev1.PodCondition, ct corev1.PodConditionType, s corev1.ConditionStatus) []corev1.PodCondition {
+		out := append([]corev1.PodCondition(nil), conds...)
+		findCondition(out, ct).Status = s
+		return out
+	}
+	cases := map[string]struct {
+		state   PodState
+		observe func(written corev1.PodStatus) corev1.PodStatus
+		gates   []corev1.PodReadinessGate
+		want    bool
+	}{
+		"as written": {state: readyState, want: false},
+		"node lifecycle controller set Ready=False on a ready worker": {state: readyState, want: true,
+			observe: func(st corev1.PodStatus) corev1.PodStatus {
+				st.Conditions = set(st.Conditions, corev1.PodReady, corev1.ConditionFalse)
+				return st
+			}},
+		"ContainersReady=False on a ready worker": {state: readyState, want: true,
+			observe: func(st corev1.PodStatus) corev1.PodStatus {
+				st.Conditions = set(st.Conditions, corev1.ContainersReady, corev1.ConditionFalse)
+				return st
+			}},
+		"Ready=True on a worker whose probe fails": {state: notReadyState, want: true,
+			observe: func(st corev1.PodStatus) corev1.PodStatus {
+				st.Conditions = set(set(st.Conditions, corev1.PodReady, corev1.ConditionTrue), corev1.ContainersReady, corev1.ConditionTrue)
+				return st
+			}},
+		"conditions missing": {state: readyState, want: true,
+			observe: func(st corev1.PodStatus) corev1.PodStatus {
+				st.Conditions = nil
+				return st
+			}},
+		"only timestamps differ (API server truncation)": {state: readyState, want: false,
+			observe: func(st corev1.PodStatus) corev1.PodStatus {
+				st.StartTime = nil
+				st.ContainerStatuses[0].State.Running.StartedAt = metav1.NewTime(t0.Add(time.Second))
+				for i := range st.Conditions {
+					st.Conditions[i].LastTransitionTime = metav1.NewTime(t0.Add(time.Hour))
+				}
+				return st
+			}},
+		"a readiness gate is met since the last write": {state: readyState, want: true,
+			gates: []corev1.PodReadinessGate{{ConditionType: "example.com/gate"}},
+			observe: func(st corev1.PodStatus) corev1.PodStatus {
+				st.Conditions = append(st.Conditions, corev1.PodCondition{Type: "example.com/gate", Status: corev1.ConditionTrue})
+				return st
+			}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			pod := builders.Pod("ns", "p").Obj()
+			pod.Spec.ReadinessGates = tc.gates
+			pod.Status = corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}}}
+			pod.Status = RenderStatus(pod, tc.state, t0)
+			if tc.observe != nil {
+				pod.Status = tc.observe(*pod.Status.DeepCopy())
+			}
+			if got := ReadinessDisagrees(pod, tc.state); got != tc.want {
+				t.Errorf("ReadinessDisagrees = %v, want %v (conditions %+v)", got, tc.want, pod.Status.Conditions)
+			}
+			if tc.want {
+				pod.Status = RenderStatus(pod, tc.state, t0.Add(time.Minute))
+				if ReadinessDisagrees(pod, tc.state) {
+					t.Errorf("still disagrees after the rewrite: %+v", pod.Status.Conditions)
+				}
+			}
+		})
+	}
+}
