@@ -53,7 +53,9 @@ func (s sighting) age(now time.Time) time.Duration {
 // claim now - reportTime (at least zero) the first time the pod is seen,
 // zero whenever the time differs from the one seen last, and otherwise the
 // age it had then plus the time the operator's clock moved on since. A pod
-// without a UID (never created) is not remembered.
+// without a UID (never created) is not remembered. Callers read now before
+// they read the pod, so that a sighting made after now is known to be of a
+// newer copy and is kept.
 func (t *Tracker) Age(key Key, reportTime, now time.Time) time.Duration {
 	if key.Pod == "" {
 		return max(now.Sub(reportTime), 0)
@@ -70,6 +72,13 @@ func (t *Tracker) Age(key Key, reportTime, now time.Time) time.Duration {
 	}
 	s, seen := pods[key.Pod]
 	switch {
+	case seen && s.seenAt.After(now):
+		// Seen after the caller read its clock: the caller holds an
+		// older copy of the pod than the one that made the sighting
+		// (the reconciler reads its clock before listing pods from the
+		// cache, and the watch sees a new report only once the cache
+		// holds it), so its time is no news.
+		return s.age(now)
 	case !seen:
 		s = sighting{reportTime: reportTime, seenAt: now, ageAtSight: max(now.Sub(reportTime), 0)}
 	case !s.reportTime.Equal(reportTime):

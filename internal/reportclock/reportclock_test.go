@@ -71,6 +71,23 @@ func TestAge(t *testing.T) {
 	}
 }
 
+// A reconcile reads its clock, then lists pods from the cache; the watch may
+// see a heartbeat in between and note it. The reconcile's older copy of the
+// pod must not replace that sighting, or the new report would count from
+// whenever a reconcile next looked.
+func TestAnOlderCopyDoesNotReplaceANewerSighting(t *testing.T) {
+	var tr Tracker
+	tr.Age(key("a"), t0, t0)                                         // a reconcile saw the report made at t0
+	tr.Age(key("a"), t0.Add(30*time.Second), t0.Add(31*time.Second)) // the watch saw a heartbeat at 31 s
+	// A reconcile that read its clock at 30.5 s still lists the old copy.
+	if got := tr.Age(key("a"), t0, t0.Add(30500*time.Millisecond)); got != 0 {
+		t.Errorf("older copy: age %s, want 0", got)
+	}
+	if got := tr.Age(key("a"), t0.Add(30*time.Second), t0.Add(100*time.Second)); got != 69*time.Second {
+		t.Errorf("heartbeat at 100 s: age %s, want 69s (counted from when the watch saw it)", got)
+	}
+}
+
 func TestPodsAreIndependent(t *testing.T) {
 	var tr Tracker
 	tr.Age(key("a"), t0, t0)
