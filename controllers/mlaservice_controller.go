@@ -42,6 +42,7 @@ import (
 	"github.com/mla-operator/mla-operator/internal/nodeinfo"
 	"github.com/mla-operator/mla-operator/internal/placement"
 	"github.com/mla-operator/mla-operator/internal/podmanager"
+	"github.com/mla-operator/mla-operator/internal/reportclock"
 	"github.com/mla-operator/mla-operator/internal/statusmanager"
 	"github.com/mla-operator/mla-operator/internal/workeraccount"
 	"github.com/mla-operator/mla-operator/internal/workerplan"
@@ -99,6 +100,12 @@ type MLAServiceReconciler struct {
 	// waiting holds the services that need room a node change could make:
 	// workers left unplaced, or a spec no GPU can serve yet.
 	waiting map[types.NamespacedName]bool
+	// reports ages worker reports by this operator's clock, from when it
+	// saw each report's time change, so the nodes' clocks need not agree
+	// with it. The watch notes heartbeats (workerChanged), reconciles
+	// note what they list, and pods are forgotten when deleted, when a
+	// reconcile no longer finds them, or with their service.
+	reports reportclock.Tracker
 }
 
 // NewReconciler wires a reconciler to mgr.
@@ -137,7 +144,7 @@ func (r *MLAServiceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// The operator's own status writes need no second reconcile; spec
 		// changes (the scale subresource included) bump the generation.
 		For(&v1alpha1.MLAService{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Owns(&corev1.Pod{}, builder.WithPredicates(workerChanged())).
+		Owns(&corev1.Pod{}, builder.WithPredicates(r.workerChanged())).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.servicesForNode), builder.WithPredicates(nodeChanged())).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
 		Named("mlaservice").
@@ -216,17 +223,60 @@ func (r *MLAServiceReconciler) allServices(ctx context.Context) []reconcile.Requ
 // whose only change is the time inside an otherwise equal report. With 1,000
 // workers heartbeating every 30 s those are most pod events, and each would
 // cost a reconcile of its service. Staleness needs no event: the reconciler
-// requeues itself for the moment the oldest counted report would go stale
-// and reads the latest heartbeat from the cache then.
-func workerChanged() predicate.Predicate {
-	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-		a, ok1 := e.ObjectOld.(*corev1.Pod)
-		b, ok2 := e.ObjectNew.(*corev1.Pod)
-		if !ok1 || !ok2 {
+// requeues itself for the moment the oldest counted report would go stale.
+//
+// This is also where the operator sees each heartbeat as it arrives, so it
+// notes the report's new time here (r.reports), by its own clock: noted
+// only at the next reconcile, a heartbeat could count from up to a
+// staleness bound after it was written. A heartbeat still passes when the
+// operator had not seen the pod's report or no longer counted it as fresh:
+// the worker may count again, and nothing else would wake its service.
+// Deleted pods are forgotten.
+func (r *MLAServiceReconciler) workerChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			a, ok1 := e.ObjectOld.(*corev1.Pod)
+			b, ok2 := e.ObjectNew.(*corev1.Pod)
+			if !ok1 || !ok2 {
+				return true
+			}
+			key, ours := reportKey(b)
+			rb, err := workerreport.Parse(b)
+			if !ours || err != nil || rb == nil || rb.Time.IsZero() {
+				return !heartbeatOnly(a, b)
+			}
+			now := r.Clock.Now()
+			before, seen := r.reports.Last(key, now)
+			r.reports.Age(key, rb.Time.Time, now)
+			if !heartbeatOnly(a, b) {
+				return true
+			}
+			return !seen || before > r.Options.ReportStaleAfter
+		},
+		DeleteFunc: func(e event.DeleteEvent) bool {
+			if key, ours := reportKey(e.Object); ours {
+				r.reports.ForgetPod(key)
+			}
 			return true
-		}
-		return !heartbeatOnly(a, b)
-	}}
+		},
+	}
+}
+
+// reportKey names a worker pod in r.reports by the service that controls
+// it, as reconciles of that service do.
+func reportKey(obj client.Object) (reportclock.Key, bool) {
+	ref := metav1.GetControllerOf(obj)
+	if ref == nil || ref.Kind != "MLAService" || !strings.HasPrefix(ref.APIVersion, v1alpha1.GroupVersion.Group+"/") {
+		return reportclock.Key{}, false
+	}
+	return reportclock.Key{Service: types.NamespacedName{Namespace: obj.GetNamespace(), Name: ref.Name}, Pod: obj.GetUID()}, true
+}
+
+// reportAges ages the service's reports by r.reports as of now.
+func (r *MLAServiceReconciler) reportAges(service types.NamespacedName, now time.Time) workerreport.Ages {
+	return func(pod *corev1.Pod, rep *v1alpha1.Report) time.Duration {
+		return r.reports.Age(reportclock.Key{Service: service, Pod: pod.UID}, rep.Time.Time, now)
+	}
 }
 
 // heartbeatOnly reports whether b differs from a only by a newer time in the
@@ -290,6 +340,9 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, nil // owner references let the garbage collector take the workers
 	}
 	o := r.Options
+	// Read before listing pods: a report the watch noted after this
+	// instant is newer than the listed copy (see reportclock).
+	now := r.Clock.Now()
 
 	// Nodes and pods are only read here (podmanager copies before it
 	// changes anything), so the cache may hand out its own objects instead
@@ -302,7 +355,6 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := r.Client.List(ctx, &podList, client.UnsafeDisableDeepCopy); err != nil {
 		return ctrl.Result{}, fmt.Errorf("listing pods: %w", err)
 	}
-	now := r.Clock.Now()
 	pods := r.Pods.Observe(podList.Items, now)
 	nodes := make(map[string]*corev1.Node, len(nodeList.Items))
 	for i := range nodeList.Items {
@@ -319,7 +371,9 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	desired := ptrOr(svc.Spec.Replicas, 1)
 
 	own := ownedBy(&svc, pods)
-	agg := statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, workerreport.SinceReportTime(now), o.ReportStaleAfter)
+	r.reports.Retain(req.NamespacedName, uids(own))
+	ages := r.reportAges(req.NamespacedName, now)
+	agg := statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, ages, o.ReportStaleAfter)
 
 	// Autoscaling owns spec.replicas while it is set.
 	if a := svc.Spec.Autoscaling; a != nil && !feasibility.Blocked {
@@ -337,7 +391,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 
 	plan := workerplan.Decide(workerplan.Input{Service: &svc, Revision: revision, Pods: own, Nodes: nodes,
-		Desired: desired, Frozen: feasibility.Blocked, Now: now, NodeLostGrace: o.NodeLostGrace, UnschedulableGrace: o.UnschedulableGrace, StaleAfter: o.ReportStaleAfter})
+		Desired: desired, Frozen: feasibility.Blocked, Now: now, NodeLostGrace: o.NodeLostGrace, UnschedulableGrace: o.UnschedulableGrace, StaleAfter: o.ReportStaleAfter, ReportAges: ages})
 
 	var drainGrace *time.Duration
 	if svc.Spec.Autoscaling != nil {
@@ -392,7 +446,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 
 	// The status describes the cluster as it is about to be.
 	own = ownedBy(&svc, r.Pods.Observe(podList.Items, now))
-	agg = statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, workerreport.SinceReportTime(now), o.ReportStaleAfter)
+	agg = statusmanager.AggregateWorkers(own, revision, svc.Spec.ContextLength, ages, o.ReportStaleAfter)
 	status := svc.Status.DeepCopy()
 	status.ObservedGeneration = svc.Generation
 	status.Replicas, status.ReadyReplicas, status.UpdatedReplicas = agg.Replicas, agg.ReadyReplicas, agg.UpdatedReplicas
@@ -467,6 +521,7 @@ func (r *MLAServiceReconciler) forget(key types.NamespacedName) {
 	delete(r.stabilizers, key)
 	delete(r.waiting, key)
 	r.mu.Unlock()
+	r.reports.Forget(key)
 	forgetServiceMetrics(key)
 }
 
@@ -490,6 +545,14 @@ func (r *MLAServiceReconciler) requeueAfter(svc *v1alpha1.MLAService, agg status
 		take(min(max(min(p.UpWindow, p.DownWindow)/4, minAutoscalePeriod), maxAutoscalePeriod))
 	}
 	return after
+}
+
+func uids(pods []corev1.Pod) []types.UID {
+	out := make([]types.UID, len(pods))
+	for i := range pods {
+		out[i] = pods[i].UID
+	}
+	return out
 }
 
 // ownedBy returns the pods svc controls.

@@ -10,11 +10,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
+	"github.com/mla-operator/mla-operator/internal/reportclock"
 	"github.com/mla-operator/mla-operator/internal/statusmanager"
 	"github.com/mla-operator/mla-operator/internal/workerplan"
+	"github.com/mla-operator/mla-operator/internal/workerreport"
 	"github.com/mla-operator/mla-operator/test/builders"
 )
 
@@ -52,7 +55,8 @@ func TestWorkerChangedIgnoresReportHeartbeats(t *testing.T) {
 	later.Time = metav1.NewTime(t0.Add(30 * time.Second))
 	heartbeat := worker(later).Obj()
 	heartbeat.ResourceVersion = "2"
-	p := workerChanged()
+	r := &MLAServiceReconciler{Clock: clocktesting.NewFakePassiveClock(t0), Options: Options{}.withDefaults()}
+	p := r.workerChanged()
 	if p.Update(event.UpdateEvent{ObjectOld: base, ObjectNew: heartbeat}) {
 		t.Error("a report heartbeat enqueues its service")
 	}
@@ -76,6 +80,83 @@ func TestWorkerChangedIgnoresReportHeartbeats(t *testing.T) {
 	if !p.Update(event.UpdateEvent{ObjectOld: first, ObjectNew: base}) {
 		t.Error("a first report is not enqueued")
 	}
+}
+
+// The watch is where the operator sees heartbeats: it notes each report's
+// new time by the operator's clock, passes a heartbeat that renews a report
+// the operator no longer counted (or never saw), and forgets deleted pods.
+func TestWorkerChangedNotesHeartbeats(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	r := &MLAServiceReconciler{Clock: clk, Options: Options{}.withDefaults()}
+	p := r.workerChanged()
+	// The worker's node runs 5 minutes behind the operator.
+	skew := -5 * time.Minute
+	worker := func(uid string, made time.Duration) *corev1.Pod {
+		pod := builders.Pod("ns", "w-"+uid).WorkerOf("svc").OnNode("n").Running(true).
+			Report(v1alpha1.Report{CapacityTokens: 1000, Ready: true, Time: metav1.NewTime(t0.Add(skew + made))}).Obj()
+		pod.UID = types.UID(uid)
+		pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MLAService", Name: "svc",
+			UID: "s", Controller: new(true)}}
+		return pod
+	}
+	key := reportclock.Key{Service: types.NamespacedName{Namespace: "ns", Name: "svc"}, Pod: "a"}
+	age := func(at time.Duration) time.Duration {
+		a, ok := r.reports.Last(key, t0.Add(at))
+		if !ok {
+			t.Fatalf("pod a forgotten at %s", at)
+		}
+		return a
+	}
+	// A reconcile sees the first report: by the worker's clock it is 5
+	// minutes old, so it does not count.
+	if a := r.reportAges(key.Service, t0)(worker("a", 0), mustParse(t, worker("a", 0))); a != 5*time.Minute {
+		t.Fatalf("first sight: %s", a)
+	}
+	clk.SetTime(t0.Add(30 * time.Second))
+	if !p.Update(event.UpdateEvent{ObjectOld: worker("a", 0), ObjectNew: worker("a", 30*time.Second)}) {
+		t.Error("a heartbeat renewing a stale report does not wake its service")
+	}
+	if a := age(30 * time.Second); a != 0 {
+		t.Errorf("renewed: %s old", a)
+	}
+	clk.SetTime(t0.Add(60 * time.Second))
+	if p.Update(event.UpdateEvent{ObjectOld: worker("a", 30*time.Second), ObjectNew: worker("a", 60*time.Second)}) {
+		t.Error("a heartbeat of a fresh report wakes its service")
+	}
+	if a := age(100 * time.Second); a != 40*time.Second {
+		t.Errorf("40 s after the heartbeat: %s old", a)
+	}
+	// A pod the operator has not looked at yet: pass, so a reconcile does.
+	if !p.Update(event.UpdateEvent{ObjectOld: worker("b", 0), ObjectNew: worker("b", 30*time.Second)}) {
+		t.Error("a heartbeat of a pod never seen does not wake its service")
+	}
+	// A pod of no MLAService is not noted.
+	stranger := worker("c", 30*time.Second)
+	stranger.OwnerReferences = nil
+	p.Update(event.UpdateEvent{ObjectOld: worker("c", 0), ObjectNew: stranger})
+	if n := r.reports.Len(); n != 2 {
+		t.Errorf("%d pods noted, want a and b", n)
+	}
+	if !p.Delete(event.DeleteEvent{Object: worker("a", 60*time.Second)}) {
+		t.Error("a deleted worker does not wake its service")
+	}
+	if _, ok := r.reports.Last(key, t0); ok || r.reports.Len() != 1 {
+		t.Error("a deleted pod is remembered")
+	}
+	r.forget(key.Service)
+	if r.reports.Len() != 0 {
+		t.Error("a deleted service's pods are remembered")
+	}
+}
+
+func mustParse(t *testing.T, pod *corev1.Pod) *v1alpha1.Report {
+	t.Helper()
+	rep, err := workerreport.Parse(pod)
+	if err != nil || rep == nil {
+		t.Fatalf("report of %s: %v %v", pod.Name, rep, err)
+	}
+	return rep
 }
 
 func TestRequeueAfterTakesTheSoonestReason(t *testing.T) {

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,6 +214,83 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 	// Report times travel as RFC 3339 seconds.
 	if reported := now.Truncate(time.Second); time.Since(reported) < staleAfter {
 		t.Fatalf("capacity dropped %s after the reports, before the %s bound", time.Since(reported), staleAfter)
+	}
+}
+
+// The nodes' clocks need not agree with the operator's: a worker on a node
+// running 2 minutes behind counts once it heartbeats, and one on a node
+// running 2 minutes ahead stops counting a staleness bound after its last
+// heartbeat by the operator's clock, not 2 minutes later.
+func TestControllerJudgesReportsByItsOwnClock(t *testing.T) {
+	ns := testEnv.Namespace(t)
+	createNodes(t, ns, builders.GPUNode("a", builders.H100, 8))
+	const staleAfter = 8 * time.Second
+	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
+	createService(t, builders.MLAService(ns, "skew").Replicas(2), ns)
+	var pods []corev1.Pod
+	eventually(t, func() error {
+		if pods = workerPods(t, ns); len(pods) != 2 {
+			return fmt.Errorf("%d pods", len(pods))
+		}
+		return nil
+	})
+	ctx := context.Background()
+	for i := range pods {
+		if err := markReady(ctx, &pods[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	behind, ahead := &pods[0], &pods[1]
+	var mu sync.Mutex
+	aheadOn, aheadLast := true, time.Time{}
+	stop, done := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-done }()
+	go func() { // both workers heartbeat every second, each by its node's clock
+		defer close(done)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			if err := setReport(ctx, behind, v1alpha1.Report{CapacityTokens: 1000, MaxContextLength: 1000, Ready: true,
+				Time: metav1.NewTime(time.Now().Add(-2 * time.Minute))}); err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			if aheadOn {
+				if err := setReport(ctx, ahead, v1alpha1.Report{CapacityTokens: 2000, MaxContextLength: 2000, Ready: true,
+					Time: metav1.NewTime(time.Now().Add(2 * time.Minute))}); err != nil {
+					t.Error(err)
+				}
+				aheadLast = time.Now()
+			}
+			mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	eventually(t, func() error {
+		if s := getService(t, ns, "skew"); s.Status.ReadyReplicas != 2 || s.Status.KVCache.CapacityTokens != 3000 {
+			return fmt.Errorf("%d ready, %d tokens: want both workers counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
+		}
+		return nil
+	})
+	// The worker ahead dies; the one behind keeps heartbeating.
+	mu.Lock()
+	aheadOn = false
+	last := aheadLast
+	mu.Unlock()
+	eventually(t, func() error {
+		if s := getService(t, ns, "skew"); s.Status.ReadyReplicas != 1 || s.Status.KVCache.CapacityTokens != 1000 {
+			return fmt.Errorf("%d ready, %d tokens: want only the worker behind counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
+		}
+		return nil
+	})
+	// eventually gives up after 60 s, well before the worker's own clock
+	// would call its last report stale (2 min + 8 s).
+	if since := time.Since(last); since < staleAfter-time.Second {
+		t.Fatalf("the silent worker stopped counting %s after its last report, before the %s bound", since, staleAfter)
 	}
 }
 
