@@ -500,7 +500,8 @@ type WorkerStatus struct {
 	// Updated is true when the pod runs the current spec.
 	// +optional
 	Updated bool `json:"updated,omitempty"`
-	// LastReportTime is when the worker last reported.
+	// LastReportTime is the time of the worker's latest report, by the
+	// worker's clock (the operator judges freshness by its own).
 	// +optional
 	LastReportTime *metav1.Time `json:"lastReportTime,omitempty"`
 }

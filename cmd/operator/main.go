@@ -48,7 +48,7 @@ func run() error {
 	fs.BoolVar(&leaderElect, "leader-elect", false, "elect a leader through a Lease so that only one of several replicas reconciles")
 	fs.StringVar(&leaderElectionNS, "leader-election-namespace", "", "namespace of the leader-election Lease; empty uses the operator's own namespace")
 	fs.DurationVar(&opts.ReportStaleAfter, "report-stale-after", workerreport.DefaultStaleAfter,
-		"how old a worker's capacity report may be and still count (workers report about every 30s)")
+		"how old a worker's capacity report may be and still count, by the operator's clock from when it saw the report change (workers report about every 30s)")
 	fs.DurationVar(&opts.NodeLostGrace, "node-lost-grace", controllers.DefaultNodeLostGrace,
 		"how long a node may stay NotReady before its workers are placed elsewhere")
 	fs.DurationVar(&opts.UnschedulableGrace, "unschedulable-grace", controllers.DefaultUnschedulableGrace,
