@@ -106,6 +106,20 @@ func workerPods(t *testing.T, ns string) []corev1.Pod {
 	return list.Items
 }
 
+// waitWorkerPods waits until the namespace holds n worker pods and returns
+// them.
+func waitWorkerPods(t *testing.T, ns string, n int) []corev1.Pod {
+	t.Helper()
+	var pods []corev1.Pod
+	eventually(t, func() error {
+		if pods = workerPods(t, ns); len(pods) != n {
+			return fmt.Errorf("%d worker pods, want %d", len(pods), n)
+		}
+		return nil
+	})
+	return pods
+}
+
 func getService(t *testing.T, ns, name string) *v1alpha1.MLAService {
 	t.Helper()
 	var svc v1alpha1.MLAService

@@ -142,13 +142,7 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 	const staleAfter = 8 * time.Second
 	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
 	createService(t, builders.MLAService(ns, "lite").Replicas(5), ns)
-	var pods []corev1.Pod
-	eventually(t, func() error {
-		if pods = workerPods(t, ns); len(pods) != 5 {
-			return fmt.Errorf("%d pods", len(pods))
-		}
-		return nil
-	})
+	pods := waitWorkerPods(t, ns, 5)
 	ctx := context.Background()
 	now := time.Now()
 	reports := []struct {
@@ -227,13 +221,7 @@ func TestControllerJudgesReportsByItsOwnClock(t *testing.T) {
 	const staleAfter = 8 * time.Second
 	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
 	createService(t, builders.MLAService(ns, "skew").Replicas(2), ns)
-	var pods []corev1.Pod
-	eventually(t, func() error {
-		if pods = workerPods(t, ns); len(pods) != 2 {
-			return fmt.Errorf("%d pods", len(pods))
-		}
-		return nil
-	})
+	pods := waitWorkerPods(t, ns, 2)
 	ctx := context.Background()
 	for i := range pods {
 		if err := markReady(ctx, &pods[i]); err != nil {
