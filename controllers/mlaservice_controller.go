@@ -231,9 +231,15 @@ func (r *MLAServiceReconciler) allServices(ctx context.Context) []reconcile.Requ
 // staleness bound after it was written. A heartbeat still passes when the
 // operator had not seen the pod's report or no longer counted it as fresh:
 // the worker may count again, and nothing else would wake its service.
+// A pod seen without a report is noted as such, so that its first report
+// counts from when it appears, not from the worker's clock (reportclock).
 // Deleted pods are forgotten.
 func (r *MLAServiceReconciler) workerChanged() predicate.Predicate {
 	return predicate.Funcs{
+		CreateFunc: func(e event.CreateEvent) bool {
+			r.noteUnreported(e.Object)
+			return true
+		},
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			a, ok1 := e.ObjectOld.(*corev1.Pod)
 			b, ok2 := e.ObjectNew.(*corev1.Pod)
@@ -242,6 +248,9 @@ func (r *MLAServiceReconciler) workerChanged() predicate.Predicate {
 			}
 			key, ours := reportKey(b)
 			rb, err := workerreport.Parse(b)
+			if ours && err == nil && rb == nil {
+				r.reports.Unreported(key, r.Clock.Now())
+			}
 			if !ours || err != nil || rb == nil || rb.Time.IsZero() {
 				return !heartbeatOnly(a, b)
 			}
@@ -259,6 +268,21 @@ func (r *MLAServiceReconciler) workerChanged() predicate.Predicate {
 			}
 			return true
 		},
+	}
+}
+
+// noteUnreported notes a worker pod of ours that carries no report yet.
+func (r *MLAServiceReconciler) noteUnreported(obj client.Object) {
+	key, ours := reportKey(obj)
+	if !ours {
+		return
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	if rep, err := workerreport.Parse(pod); err == nil && rep == nil {
+		r.reports.Unreported(key, r.Clock.Now())
 	}
 }
 

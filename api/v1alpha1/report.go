@@ -30,8 +30,9 @@ type Report struct {
 	// sequence of the context length does not fit.
 	Error string `json:"error,omitempty"`
 	// Time is when the report was made, by the worker's clock. The operator
-	// ages a report from when it sees this value change, by its own clock,
-	// and takes the value at its word only at the first sight of a pod's
-	// report; it ignores reports older than its staleness bound.
+	// ages a report from when it sees this value change (or the first report
+	// appear), by its own clock, and takes the value at its word only for a
+	// pod it has never seen before, as after a restart; it ignores reports
+	// older than its staleness bound.
 	Time metav1.Time `json:"time"`
 }

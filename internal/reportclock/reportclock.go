@@ -5,10 +5,12 @@
 // worker on a node whose clock runs minutes behind is then still counted,
 // and one whose clock runs ahead does not keep a dead worker counted longer.
 //
-// Only the first sight of a pod's report, after the operator starts or
-// when the pod first reports, takes the worker's word for the report's age
-// (never below zero): otherwise an operator restart would make every
-// long-dead worker fresh again.
+// Only a report the operator sees on a pod it has not seen before (after
+// the operator starts, its informer lists pods that reported long ago)
+// takes the worker's word for the report's age (never below zero):
+// otherwise an operator restart would make every long-dead worker fresh
+// again. A pod first seen without a report (Unreported), as the operator's
+// own new workers are, has its first report aged from when it appears.
 package reportclock
 
 import (
@@ -34,7 +36,8 @@ type Tracker struct {
 	services map[types.NamespacedName]map[types.UID]sighting
 }
 
-// sighting is a report time value and the operator's view of its age.
+// sighting is a report time value and the operator's view of its age; a
+// zero reportTime is a pod seen without a report.
 type sighting struct {
 	reportTime time.Time
 	// seenAt is the operator's clock when it first saw reportTime.
@@ -72,6 +75,10 @@ func (t *Tracker) Age(key Key, reportTime, now time.Time) time.Duration {
 	}
 	s, seen := pods[key.Pod]
 	switch {
+	case seen && s.reportTime.IsZero():
+		// The pod had no report when the operator saw it: this one was
+		// written since, whatever the worker's clock says.
+		s = sighting{reportTime: reportTime, seenAt: now}
 	case seen && s.seenAt.After(now):
 		// Seen after the caller read its clock: the caller holds an
 		// older copy of the pod than the one that made the sighting
@@ -92,13 +99,35 @@ func (t *Tracker) Age(key Key, reportTime, now time.Time) time.Duration {
 	return s.age(now)
 }
 
+// Unreported records that the pod was seen, at now, without a report, so
+// that its first report counts from when the operator sees it rather than
+// from the worker's timestamp. It changes nothing for a pod already seen.
+func (t *Tracker) Unreported(key Key, now time.Time) {
+	if key.Pod == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.services == nil {
+		t.services = map[types.NamespacedName]map[types.UID]sighting{}
+	}
+	pods := t.services[key.Service]
+	if pods == nil {
+		pods = map[types.UID]sighting{}
+		t.services[key.Service] = pods
+	}
+	if _, seen := pods[key.Pod]; !seen {
+		pods[key.Pod] = sighting{seenAt: now}
+	}
+}
+
 // Last returns the age of the report last seen for the pod, as of now,
 // without recording anything; false when none was seen.
 func (t *Tracker) Last(key Key, now time.Time) (time.Duration, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.services[key.Service][key.Pod]
-	if !ok {
+	if !ok || s.reportTime.IsZero() {
 		return 0, false
 	}
 	return s.age(now), true

@@ -198,3 +198,41 @@ func TestConcurrentUse(t *testing.T) {
 		t.Errorf("%d remembered of at most 20 pods", n)
 	}
 }
+
+// A pod the operator saw before it reported (its own new workers): the
+// first report counts from when it appears, whatever the node's clock says;
+// an Unreported sighting changes nothing for a pod already seen, and Last
+// knows no report for a pod seen only without one.
+func TestUnreported(t *testing.T) {
+	s := time.Second
+	for _, tc := range []struct {
+		name      string
+		reported  time.Duration // the first report's time, by the node's clock
+		wantFirst time.Duration
+	}{
+		{"node 2 min behind", -2 * time.Minute, 0},
+		{"node in step", 10 * s, 0},
+		{"node 2 min ahead", 2 * time.Minute, 0},
+	} {
+		var tr Tracker
+		tr.Unreported(key("a"), t0)
+		if _, ok := tr.Last(key("a"), t0.Add(5*s)); ok {
+			t.Errorf("%s: Last knows a report before any", tc.name)
+		}
+		if got := tr.Age(key("a"), t0.Add(tc.reported), t0.Add(10*s)); got != tc.wantFirst {
+			t.Errorf("%s: first report: age %s, want %s", tc.name, got, tc.wantFirst)
+		}
+		if got := tr.Age(key("a"), t0.Add(tc.reported), t0.Add(40*s)); got != 30*s {
+			t.Errorf("%s: unchanged 30 s later: age %s, want 30s", tc.name, got)
+		}
+		tr.Unreported(key("a"), t0.Add(50*s)) // an older copy without the report
+		if got, ok := tr.Last(key("a"), t0.Add(50*s)); !ok || got != 40*s {
+			t.Errorf("%s: after a late Unreported: Last = %s, %v; want 40s, true", tc.name, got, ok)
+		}
+	}
+	var tr Tracker
+	tr.Unreported(Key{Service: svc}, t0) // no UID: not remembered
+	if tr.Len() != 0 {
+		t.Errorf("a pod without a UID was remembered")
+	}
+}

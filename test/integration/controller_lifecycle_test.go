@@ -151,8 +151,11 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 	}{
 		{true, v1alpha1.Report{CapacityTokens: 1000, UsedTokens: 250, ActiveSequences: 2, MaxContextLength: 1000, Ready: true}},
 		{true, v1alpha1.Report{CapacityTokens: 3000, UsedTokens: 500, ActiveSequences: 1, WaitingRequests: 4, MaxContextLength: 3000, Ready: true}},
-		// Stale: not counted.
-		{true, v1alpha1.Report{CapacityTokens: 9000, UsedTokens: 9, MaxContextLength: 9000, Ready: true, Time: metav1.NewTime(now.Add(-5 * time.Minute))}},
+		// Never reported: not counted. (A first report, whatever its
+		// time says, is news to an operator that saw the pod without one:
+		// staleness is judged by the operator's clock, see
+		// TestControllerCountsAFirstReportFromANodeBehind.)
+		{true, v1alpha1.Report{}},
 		// Pod not Ready: not counted.
 		{false, v1alpha1.Report{CapacityTokens: 7000, MaxContextLength: 7000, Ready: true}},
 		// Draining: not counted.
@@ -162,8 +165,10 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 		if r.report.Time.IsZero() {
 			r.report.Time = metav1.NewTime(now)
 		}
-		if err := setReport(ctx, &pods[i], r.report); err != nil {
-			t.Fatal(err)
+		if r.report.CapacityTokens != 0 { // the zero Report stands for none
+			if err := setReport(ctx, &pods[i], r.report); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if r.ready {
 			if err := markReady(ctx, &pods[i]); err != nil {
@@ -178,7 +183,7 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 			return fmt.Errorf("kvCache %+v, %d ready", kv, s.Status.ReadyReplicas)
 		}
 		// The longest context: reported where fresh (7000 from the
-		// unready pod), else predicted (the stale pod's prediction).
+		// unready pod), else predicted (the silent pod's prediction).
 		var predicted int64
 		for _, w := range s.Status.Workers {
 			if w.Pod == pods[2].Name {
@@ -310,4 +315,48 @@ func TestControllerAutoscalesOnKVUtilization(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A worker the operator saw start without a report counts from its first
+// report, even when that report's time, by a node clock 5 minutes behind,
+// is far past the staleness bound; without heartbeats it stops counting a
+// bound later by the operator's clock.
+func TestControllerCountsAFirstReportFromANodeBehind(t *testing.T) {
+	ns := testEnv.Namespace(t)
+	createNodes(t, ns, builders.GPUNode("a", builders.H100, 8))
+	const staleAfter = 8 * time.Second
+	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
+	createService(t, builders.MLAService(ns, "behind").Replicas(1), ns)
+	pod := &waitWorkerPods(t, ns, 1)[0]
+	ctx := context.Background()
+	if err := markReady(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	// Let the operator see the Ready pod without a report first.
+	eventually(t, func() error {
+		if s := getService(t, ns, "behind"); s.Status.Replicas != 1 {
+			return fmt.Errorf("%d replicas in status", s.Status.Replicas)
+		}
+		return nil
+	})
+	if err := setReport(ctx, pod, v1alpha1.Report{CapacityTokens: 1000, MaxContextLength: 1000, Ready: true,
+		Time: metav1.NewTime(time.Now().Add(-5 * time.Minute))}); err != nil {
+		t.Fatal(err)
+	}
+	reported := time.Now()
+	eventually(t, func() error {
+		if s := getService(t, ns, "behind"); s.Status.ReadyReplicas != 1 || s.Status.KVCache.CapacityTokens != 1000 {
+			return fmt.Errorf("%d ready, %d tokens: want the worker counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
+		}
+		return nil
+	})
+	eventually(t, func() error {
+		if s := getService(t, ns, "behind"); s.Status.ReadyReplicas != 0 || s.Status.KVCache.CapacityTokens != 0 {
+			return fmt.Errorf("%d ready, %d tokens: want the silent worker no longer counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
+		}
+		return nil
+	})
+	if since := time.Since(reported); since < staleAfter-time.Second {
+		t.Fatalf("the worker stopped counting %s after its only report, before the %s bound", since, staleAfter)
+	}
 }
