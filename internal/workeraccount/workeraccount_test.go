@@ -7,7 +7,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -32,7 +34,7 @@ func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
 	b := builders.MLAService("ns", "b").Obj()
 	b.UID = types.UID("uid-b")
 	for _, svc := range []*v1alpha1.MLAService{a, b, a} {
-		if err := Ensure(ctx, c, svc); err != nil {
+		if err := Ensure(ctx, c, c, svc); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -94,7 +96,7 @@ func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
 		writes int
 	}{{a, 3}, {a, 0}, {b, 3}, {a, 0}, {b, 0}} {
 		writes = 0
-		if err := Ensure(ctx, c, tc.svc); err != nil {
+		if err := Ensure(ctx, c, c, tc.svc); err != nil {
 			t.Fatal(err)
 		}
 		if writes != tc.writes {
@@ -111,7 +113,7 @@ func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	writes = 0
-	if err := Ensure(ctx, c, a); err != nil {
+	if err := Ensure(ctx, c, c, a); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: "ns", Name: Name}, &role); err != nil {
@@ -119,5 +121,49 @@ func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
 	}
 	if writes != 1 || len(role.Rules) != 1 {
 		t.Errorf("after an edit: %d writes, rules %+v; want the role repaired with one write", writes, role.Rules)
+	}
+}
+
+// Another service's reconcile created the account a moment ago and this
+// operator's cache has not seen it: Ensure must add this service as an
+// owner of the objects the API server holds, not fail on AlreadyExists.
+func TestEnsureWhenTheCacheLagsBehindAnotherServicesCreate(t *testing.T) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := fake.NewClientBuilder().WithScheme(scheme).Build()
+	ctx := context.Background()
+	a := builders.MLAService("ns", "a").Obj()
+	a.UID = types.UID("uid-a")
+	b := builders.MLAService("ns", "b").Obj()
+	b.UID = types.UID("uid-b")
+	if err := Ensure(ctx, server, server, b); err != nil {
+		t.Fatal(err)
+	}
+	// The cache has seen none of b's objects yet.
+	lagging := interceptor.NewClient(server.(client.WithWatch), interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			return apierrors.NewNotFound(schema.GroupResource{Resource: "cached"}, key.Name)
+		},
+	})
+	if err := Ensure(ctx, lagging, server, a); err != nil {
+		t.Fatalf("Ensure with a lagging cache: %v", err)
+	}
+	key := client.ObjectKey{Namespace: "ns", Name: Name}
+	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		if err := server.Get(ctx, key, obj); err != nil {
+			t.Fatal(err)
+		}
+		var owners []string
+		for _, r := range obj.GetOwnerReferences() {
+			owners = append(owners, string(r.UID))
+		}
+		slices.Sort(owners)
+		if !slices.Equal(owners, []string{"uid-a", "uid-b"}) {
+			t.Errorf("%T owners %v, want both services", obj, owners)
+		}
 	}
 }
