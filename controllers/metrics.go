@@ -20,7 +20,7 @@ var (
 	}, []string{"direction"})
 	nodeChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mla_operator_node_changes_total",
-		Help: "Node changes that matter to placement (readiness, schedulability, taints, labels, allocatable), each of which re-queues every service.",
+		Help: "Node changes that matter to placement (readiness, schedulability, taints, labels, allocatable), each waking the services with a worker on the node and those waiting for room.",
 	})
 	reconcileSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "mla_operator_reconcile_duration_seconds",

@@ -88,12 +88,15 @@ func (o Options) withDefaults() Options {
 
 // MLAServiceReconciler reconciles MLAServices.
 type MLAServiceReconciler struct {
-	Client   client.Client
-	Recorder events.EventRecorder
-	Pods     *podmanager.Manager
-	Status   statusmanager.Writer
-	Clock    clock.PassiveClock
-	Options  Options
+	Client client.Client
+	// APIReader reads from the API server where the cache may lag (the
+	// manager's API reader).
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Pods      *podmanager.Manager
+	Status    *statusmanager.Writer
+	Clock     clock.PassiveClock
+	Options   Options
 
 	mu          sync.Mutex
 	stabilizers map[types.NamespacedName]*autoscale.Stabilizer
@@ -111,12 +114,13 @@ type MLAServiceReconciler struct {
 // NewReconciler wires a reconciler to mgr.
 func NewReconciler(mgr ctrl.Manager, opts Options) *MLAServiceReconciler {
 	return &MLAServiceReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("mla-operator"),
-		Pods:     &podmanager.Manager{Client: mgr.GetClient()},
-		Status:   statusmanager.Writer{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()},
-		Clock:    clock.RealClock{},
-		Options:  opts.withDefaults(),
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("mla-operator"),
+		Pods:      &podmanager.Manager{Client: mgr.GetClient()},
+		Status:    &statusmanager.Writer{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()},
+		Clock:     clock.RealClock{},
+		Options:   opts.withDefaults(),
 	}
 }
 
@@ -409,7 +413,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 
 	if svc.Spec.Worker.ServiceAccountName == "" && !feasibility.Blocked {
-		if err := workeraccount.Ensure(ctx, r.Client, &svc); err != nil {
+		if err := workeraccount.Ensure(ctx, r.Client, r.APIReader, &svc); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -489,7 +493,7 @@ func (r *MLAServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 	recordServiceMetrics(&svc, agg, desired, feasibility.Blocked)
 
-	return ctrl.Result{RequeueAfter: r.requeueAfter(&svc, agg, plan, unplaced)}, nil
+	return ctrl.Result{RequeueAfter: r.requeueAfter(&svc, agg, plan, unplaced, feasibility.Blocked)}, nil
 }
 
 // autoscale computes and, when it changes, writes spec.replicas.
@@ -546,13 +550,16 @@ func (r *MLAServiceReconciler) forget(key types.NamespacedName) {
 	delete(r.waiting, key)
 	r.mu.Unlock()
 	r.reports.Forget(key)
+	if r.Status != nil {
+		r.Status.Forget(key)
+	}
 	forgetServiceMetrics(key)
 }
 
 // requeueAfter is when to look again without a watch event: when a counted
-// report goes stale, when a NotReady node's grace ends, to retry placement,
-// and regularly while autoscaling.
-func (r *MLAServiceReconciler) requeueAfter(svc *v1alpha1.MLAService, agg statusmanager.Aggregate, plan workerplan.Plan, unplaced int) time.Duration {
+// report goes stale, when a NotReady node's grace ends, to retry placement
+// or a blocked service, and regularly while autoscaling.
+func (r *MLAServiceReconciler) requeueAfter(svc *v1alpha1.MLAService, agg statusmanager.Aggregate, plan workerplan.Plan, unplaced int, blocked bool) time.Duration {
 	var after time.Duration
 	take := func(d time.Duration) {
 		if d > 0 && (after == 0 || d < after) {
@@ -561,7 +568,10 @@ func (r *MLAServiceReconciler) requeueAfter(svc *v1alpha1.MLAService, agg status
 	}
 	take(agg.NextStale)
 	take(plan.RecheckAfter)
-	if unplaced > 0 {
+	if unplaced > 0 || blocked {
+		// A blocked service is also woken by node changes (servicesForNode),
+		// but a node that joined between this reconcile's node list and its
+		// setWaiting would be missed; looking again bounds that.
 		take(r.Options.UnplacedRetry)
 	}
 	if a := svc.Spec.Autoscaling; a != nil {

@@ -162,17 +162,20 @@ func mustParse(t *testing.T, pod *corev1.Pod) *v1alpha1.Report {
 func TestRequeueAfterTakesTheSoonestReason(t *testing.T) {
 	r := &MLAServiceReconciler{Options: Options{}.withDefaults()}
 	plain := builders.MLAService("ns", "s").Obj()
-	if d := r.requeueAfter(plain, statusmanager.Aggregate{}, workerplan.Plan{}, 0); d != 0 {
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{}, workerplan.Plan{}, 0, false); d != 0 {
 		t.Errorf("nothing pending: requeue after %s", d)
 	}
-	if d := r.requeueAfter(plain, statusmanager.Aggregate{NextStale: 40 * time.Second}, workerplan.Plan{RecheckAfter: time.Minute}, 1); d != DefaultUnplacedRetry {
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{NextStale: 40 * time.Second}, workerplan.Plan{RecheckAfter: time.Minute}, 1, false); d != DefaultUnplacedRetry {
 		t.Errorf("unplaced workers: requeue after %s, want %s", d, DefaultUnplacedRetry)
 	}
-	if d := r.requeueAfter(plain, statusmanager.Aggregate{NextStale: 4 * time.Second}, workerplan.Plan{}, 0); d != 4*time.Second {
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{}, workerplan.Plan{}, 0, true); d != DefaultUnplacedRetry {
+		t.Errorf("blocked: requeue after %s, want %s", d, DefaultUnplacedRetry)
+	}
+	if d := r.requeueAfter(plain, statusmanager.Aggregate{NextStale: 4 * time.Second}, workerplan.Plan{}, 0, false); d != 4*time.Second {
 		t.Errorf("a report going stale: requeue after %s", d)
 	}
 	auto := builders.MLAService("ns", "s").Windows(metav1.Duration{Duration: 2 * time.Second}, metav1.Duration{Duration: time.Minute}, metav1.Duration{}).Obj()
-	if d := r.requeueAfter(auto, statusmanager.Aggregate{}, workerplan.Plan{}, 0); d != time.Second {
+	if d := r.requeueAfter(auto, statusmanager.Aggregate{}, workerplan.Plan{}, 0, false); d != time.Second {
 		t.Errorf("autoscaling with a 2s up window: requeue after %s, want 1s", d)
 	}
 }
