@@ -74,9 +74,9 @@ type Engine struct {
 
 type functions struct {
 	schedule, combine, scatter, gather cu.Function
-	// decode runs calls whose query rows fit one tile; decodeLong and
-	// decodeShort the others, by mean sequence length (decodeFunctionName).
-	decode, decodeLong, decodeShort cu.Function
+	// decode holds the decode kernels the engine's variant can choose,
+	// by name (decodeFunctionName picks one per call).
+	decode map[string]cu.Function
 }
 
 // scheduleKey identifies a computed schedule: it depends only on the
@@ -169,9 +169,6 @@ func (e *Engine) load(image []byte) error {
 		name string
 	}{
 		{&e.fn.schedule, "mla_decode_schedule"},
-		{&e.fn.decode, decodeFunctionName(e.kernel, 1, 0)},
-		{&e.fn.decodeLong, decodeFunctionName(e.kernel, 2, seesawMinMeanLen)},
-		{&e.fn.decodeShort, decodeFunctionName(e.kernel, 2, 0)},
 		{&e.fn.combine, "mla_decode_combine"},
 		{&e.fn.scatter, "mla_cache_scatter"},
 		{&e.fn.gather, "mla_cache_gather"},
@@ -181,10 +178,21 @@ func (e *Engine) load(image []byte) error {
 			return fmt.Errorf("cuda engine: kernel %s: %w", n.name, err)
 		}
 	}
-	for _, f := range []cu.Function{e.fn.decode, e.fn.decodeLong, e.fn.decodeShort} {
+	// Every (tiles, mean length) class decodeFunctionName distinguishes.
+	e.fn.decode = map[string]cu.Function{}
+	for _, c := range []struct{ tiles, meanLen int }{{1, 0}, {2, 0}, {2, seesawMinMeanLen}} {
+		name := decodeFunctionName(e.kernel, c.tiles, c.meanLen)
+		if _, ok := e.fn.decode[name]; ok {
+			continue
+		}
+		f, err := e.mod.Function(name)
+		if err != nil {
+			return fmt.Errorf("cuda engine: kernel %s: %w", name, err)
+		}
 		if err := setMaxDynamicSharedMemory(f, smemBytes); err != nil {
 			return err
 		}
+		e.fn.decode[name] = f
 	}
 	return nil
 }
@@ -281,13 +289,7 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			}
 			e.sched.set(s.generation, parts, req.SeqLens)
 		}
-		decode := e.fn.decode
-		if tiles > 1 {
-			decode = e.fn.decodeShort
-			if meanLen(req.SeqLens) >= seesawMinMeanLen {
-				decode = e.fn.decodeLong
-			}
-		}
+		decode := e.fn.decode[decodeFunctionName(e.kernel, tiles, meanLen(req.SeqLens))]
 		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)
 		}
