@@ -102,9 +102,9 @@ var _ engine.Engine = (*Engine)(nil)
 
 // New opens the GPU, loads the module and prepares the kernels.
 func New(opts Options) (*Engine, error) {
-	kernel := opts.Kernel
+	kernel, from := opts.Kernel, "Options.Kernel"
 	if kernel == "" {
-		kernel = os.Getenv(EnvKernel)
+		kernel, from = os.Getenv(EnvKernel), "$"+EnvKernel
 	}
 	if kernel == "" {
 		kernel = DefaultKernel
@@ -112,7 +112,7 @@ func New(opts Options) (*Engine, error) {
 	switch kernel {
 	case KernelAuto, KernelSeesaw, KernelWGMMA, KernelMMA:
 	default:
-		return nil, fmt.Errorf("cuda engine: unknown kernel %q (want %s, %s, %s or %s)", kernel,
+		return nil, fmt.Errorf("cuda engine: unknown decode kernel %q in %s (want %s, %s, %s or %s)", kernel, from,
 			KernelAuto, KernelSeesaw, KernelWGMMA, KernelMMA)
 	}
 	image := opts.Module
