@@ -370,12 +370,7 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
   CK(cudaMemcpy(d_lens, lens.data(), batch * 4, cudaMemcpyHostToDevice));
   fill_random_bf16<<<256, 256>>>(d_q, size_t(batch) * h_q * MLA_HEAD_DIM, 5);
   Buffers bufs; bufs.alloc(pr);
-  MlaDecodeParams p{};
-  p.q = uint64_t(d_q); p.cache = uint64_t(g_pool.cache); p.block_table = uint64_t(d_table); p.seq_lens = uint64_t(d_lens);
-  p.out = uint64_t(d_out); p.lse = uint64_t(d_lse); p.sched = uint64_t(bufs.sched);
-  p.partial_out = uint64_t(bufs.partial_out); p.partial_lse = uint64_t(bufs.partial_lse);
-  p.batch = batch; p.s_q = 1; p.h_q = h_q; p.max_pages = pr.max_pages; p.num_parts = pr.parts();
-  p.scale = pr.scale; p.scale_log2 = pr.scale * 1.4426950408889634f;
+  const MlaDecodeParams p = make_params(pr, bufs, d_q, g_pool.cache, d_table, d_lens, d_out, d_lse);
   const int iters = 20;
   std::vector<cudaEvent_t> ev(4 * iters);
   for (auto& e : ev) CK(cudaEventCreate(&e));
