@@ -6,9 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
@@ -19,11 +17,7 @@ import (
 var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 
 func newManager(t *testing.T, objs ...client.Object) *Manager {
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	return &Manager{Client: fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()}
+	return &Manager{Client: fake.NewClientBuilder().WithScheme(builders.Scheme(t)).WithObjects(objs...).Build()}
 }
 
 func names(pods []corev1.Pod) map[string]bool {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -16,12 +14,7 @@ import (
 
 func writerFixture(t *testing.T) (client.WithWatch, *v1alpha1.MLAService, *int) {
 	t.Helper()
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scheme := builders.Scheme(t)
 	svc := builders.MLAService("ns", "svc").Obj()
 	svc.Status.ReadyReplicas = 2
 	base := fake.NewClientBuilder().WithScheme(scheme).WithObjects(svc).WithStatusSubresource(svc).Build()

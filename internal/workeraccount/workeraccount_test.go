@@ -8,10 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -21,12 +19,7 @@ import (
 )
 
 func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scheme := builders.Scheme(t)
 	c := fake.NewClientBuilder().WithScheme(scheme).Build()
 	ctx := context.Background()
 	a := builders.MLAService("ns", "a").Obj()
@@ -68,12 +61,7 @@ func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
 // Once the account is as wanted, Ensure only reads: it runs on every
 // reconcile of every service.
 func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scheme := builders.Scheme(t)
 	writes := 0
 	count := func(ctx context.Context, c client.WithWatch, obj client.Object, _ ...client.CreateOption) error {
 		writes++
@@ -128,12 +116,7 @@ func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
 // operator's cache has not seen it: Ensure must add this service as an
 // owner of the objects the API server holds, not fail on AlreadyExists.
 func TestEnsureWhenTheCacheLagsBehindAnotherServicesCreate(t *testing.T) {
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scheme := builders.Scheme(t)
 	server := fake.NewClientBuilder().WithScheme(scheme).Build()
 	ctx := context.Background()
 	a := builders.MLAService("ns", "a").Obj()
