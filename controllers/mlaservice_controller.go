@@ -12,6 +12,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -250,21 +251,27 @@ func (r *MLAServiceReconciler) workerChanged() predicate.Predicate {
 			if !ok1 || !ok2 {
 				return true
 			}
-			key, ours := reportKey(b)
+			// One parse of each report per event: this runs on every pod
+			// event of the cluster.
 			rb, err := workerreport.Parse(b)
-			if ours && err == nil && rb == nil {
-				r.reports.Unreported(key, r.Clock.Now())
+			if err != nil {
+				return true
 			}
-			if !ours || err != nil || rb == nil || rb.Time.IsZero() {
-				return !heartbeatOnly(a, b)
+			key, ours := reportKey(b)
+			if rb == nil {
+				if ours {
+					r.reports.Unreported(key, r.Clock.Now())
+				}
+				return true
+			}
+			heartbeat := heartbeatOnly(a, b, rb)
+			if !ours || rb.Time.IsZero() {
+				return !heartbeat
 			}
 			now := r.Clock.Now()
 			before, seen := r.reports.Last(key, now)
 			r.reports.Age(key, rb.Time.Time, now)
-			if !heartbeatOnly(a, b) {
-				return true
-			}
-			return !seen || before > r.Options.ReportStaleAfter
+			return !heartbeat || !seen || before > r.Options.ReportStaleAfter
 		},
 		DeleteFunc: func(e event.DeleteEvent) bool {
 			if key, ours := reportKey(e.Object); ours {
@@ -307,21 +314,24 @@ func (r *MLAServiceReconciler) reportAges(service types.NamespacedName, now time
 	}
 }
 
-// heartbeatOnly reports whether b differs from a only by a newer time in the
-// worker's report.
-func heartbeatOnly(a, b *corev1.Pod) bool {
-	ra, errA := workerreport.Parse(a)
-	rb, errB := workerreport.Parse(b)
-	if errA != nil || errB != nil || ra == nil || rb == nil || ra.Time.Equal(&rb.Time) {
+// heartbeatOnly reports whether b, whose report is rb, differs from a only
+// by another time in the worker's report.
+func heartbeatOnly(a, b *corev1.Pod, rb *v1alpha1.Report) bool {
+	ra, err := workerreport.Parse(a)
+	if err != nil || ra == nil || ra.Time.Equal(&rb.Time) {
 		return false
 	}
-	rb.Time = ra.Time
-	if *ra != *rb {
+	sameTime := *rb
+	sameTime.Time = ra.Time
+	if *ra != sameTime {
 		return false
 	}
-	strip := func(p *corev1.Pod) *corev1.Pod {
-		c := p.DeepCopy()
+	// Shallow copies that share all but the annotations: a deep copy of
+	// both pods on every heartbeat would only be read.
+	strip := func(p *corev1.Pod) corev1.Pod {
+		c := *p
 		c.ResourceVersion, c.ManagedFields = "", nil
+		c.Annotations = maps.Clone(p.Annotations)
 		delete(c.Annotations, v1alpha1.AnnotationReport)
 		return c
 	}
