@@ -65,14 +65,7 @@ func (t *Tracker) Age(key Key, reportTime, now time.Time) time.Duration {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pods := t.services[key.Service]
-	if pods == nil {
-		if t.services == nil {
-			t.services = map[types.NamespacedName]map[types.UID]sighting{}
-		}
-		pods = map[types.UID]sighting{}
-		t.services[key.Service] = pods
-	}
+	pods := t.podsOf(key.Service)
 	s, seen := pods[key.Pod]
 	switch {
 	case seen && s.reportTime.IsZero():
@@ -108,17 +101,24 @@ func (t *Tracker) Unreported(key Key, now time.Time) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.services == nil {
-		t.services = map[types.NamespacedName]map[types.UID]sighting{}
-	}
-	pods := t.services[key.Service]
-	if pods == nil {
-		pods = map[types.UID]sighting{}
-		t.services[key.Service] = pods
-	}
+	pods := t.podsOf(key.Service)
 	if _, seen := pods[key.Pod]; !seen {
 		pods[key.Pod] = sighting{seenAt: now}
 	}
+}
+
+// podsOf returns the service's sightings, making room for them on first
+// use. The caller holds t.mu.
+func (t *Tracker) podsOf(service types.NamespacedName) map[types.UID]sighting {
+	pods := t.services[service]
+	if pods == nil {
+		if t.services == nil {
+			t.services = map[types.NamespacedName]map[types.UID]sighting{}
+		}
+		pods = map[types.UID]sighting{}
+		t.services[service] = pods
+	}
+	return pods
 }
 
 // Last returns the age of the report last seen for the pod, as of now,
