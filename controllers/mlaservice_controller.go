@@ -197,9 +197,8 @@ func servicesToWake(pods []corev1.Pod, waiting map[types.NamespacedName]bool) []
 		}
 	}
 	for i := range pods {
-		ref := metav1.GetControllerOf(&pods[i])
-		if ref != nil && ref.Kind == "MLAService" && strings.HasPrefix(ref.APIVersion, v1alpha1.GroupVersion.Group+"/") {
-			keys[types.NamespacedName{Namespace: pods[i].Namespace, Name: ref.Name}] = true
+		if k, ok := controllingService(&pods[i]); ok {
+			keys[k] = true
 		}
 	}
 	reqs := make([]reconcile.Request, 0, len(keys))
@@ -300,11 +299,20 @@ func (r *MLAServiceReconciler) noteUnreported(obj client.Object) {
 // reportKey names a worker pod in r.reports by the service that controls
 // it, as reconciles of that service do.
 func reportKey(obj client.Object) (reportclock.Key, bool) {
-	ref := metav1.GetControllerOf(obj)
-	if ref == nil || ref.Kind != "MLAService" || !strings.HasPrefix(ref.APIVersion, v1alpha1.GroupVersion.Group+"/") {
+	service, ok := controllingService(obj)
+	if !ok {
 		return reportclock.Key{}, false
 	}
-	return reportclock.Key{Service: types.NamespacedName{Namespace: obj.GetNamespace(), Name: ref.Name}, Pod: obj.GetUID()}, true
+	return reportclock.Key{Service: service, Pod: obj.GetUID()}, true
+}
+
+// controllingService names the MLAService that controls obj, if one does.
+func controllingService(obj client.Object) (types.NamespacedName, bool) {
+	ref := metav1.GetControllerOf(obj)
+	if ref == nil || ref.Kind != "MLAService" || !strings.HasPrefix(ref.APIVersion, v1alpha1.GroupVersion.Group+"/") {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: obj.GetNamespace(), Name: ref.Name}, true
 }
 
 // reportAges ages the service's reports by r.reports as of now.
