@@ -348,11 +348,7 @@ func (w *podWorker) remove(ctx context.Context) {
 // free. A stale update (one that predates the runtime's last write) costs
 // one conflicting write and a get, after which the fresh pod agrees.
 func (w *podWorker) restoreReadiness(ctx context.Context) {
-	disagrees := func(p *corev1.Pod) bool { return ReadinessDisagrees(p, w.state) }
-	if !disagrees(w.pod) {
-		return
-	}
-	if w.write(ctx, disagrees) {
+	if w.write(ctx, func(p *corev1.Pod) bool { return ReadinessDisagrees(p, w.state) }) {
 		w.logf("rewrote pod readiness conditions that disagreed with the worker (container ready %v)", w.state.Container.Ready)
 	}
 }

@@ -63,13 +63,7 @@ func RenderStatus(pod *corev1.Pod, state PodState, now time.Time) corev1.PodStat
 		st.StartTime = &t
 	}
 
-	ready := state.Phase == corev1.PodRunning && state.Container.Running != nil && state.Container.Ready
-	podReady := ready
-	for _, g := range pod.Spec.ReadinessGates {
-		if c := findCondition(st.Conditions, g.ConditionType); c == nil || c.Status != corev1.ConditionTrue {
-			podReady = false
-		}
-	}
+	ready, podReady := readiness(pod, state)
 	mtime := metav1.NewTime(now)
 	setCondition(&st.Conditions, corev1.PodInitialized, true, "", mtime)
 	setCondition(&st.Conditions, corev1.PodReadyToStartContainers, state.PodIP != "", "", mtime)
@@ -113,6 +107,20 @@ func RenderStatus(pod *corev1.Pod, state PodState, now time.Time) corev1.PodStat
 	return st
 }
 
+// readiness is what RenderStatus writes into ContainersReady and Ready:
+// the worker container runs and passes its probe, and (for Ready) every
+// readiness gate's condition is True.
+func readiness(pod *corev1.Pod, state PodState) (containersReady, podReady bool) {
+	containersReady = state.Phase == corev1.PodRunning && state.Container.Running != nil && state.Container.Ready
+	podReady = containersReady
+	for _, g := range pod.Spec.ReadinessGates {
+		if c := findCondition(pod.Status.Conditions, g.ConditionType); c == nil || c.Status != corev1.ConditionTrue {
+			podReady = false
+		}
+	}
+	return containersReady, podReady
+}
+
 func findCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {
 	for i := range conds {
 		if conds[i].Type == t {
@@ -147,14 +155,20 @@ func setCondition(conds *[]corev1.PodCondition, t corev1.PodConditionType, ok bo
 // kubelet's status manager rewrites such a drift; so does the runtime, on
 // the pod update that shows it. Only the condition statuses are compared:
 // the rest of the status (timestamps truncated to seconds by the API
-// server) never compares equal to the in-memory state.
+// server) never compares equal to the in-memory state. It runs on every
+// pod update (each report write), so it renders nothing.
 func ReadinessDisagrees(pod *corev1.Pod, state PodState) bool {
-	want := RenderStatus(pod, state, time.Time{})
-	for _, t := range []corev1.PodConditionType{corev1.ContainersReady, corev1.PodReady} {
-		got := findCondition(pod.Status.Conditions, t)
-		if got == nil || got.Status != findCondition(want.Conditions, t).Status {
-			return true
-		}
+	containersReady, podReady := readiness(pod, state)
+	return !conditionIs(pod.Status.Conditions, corev1.ContainersReady, containersReady) ||
+		!conditionIs(pod.Status.Conditions, corev1.PodReady, podReady)
+}
+
+// conditionIs reports whether conds hold condition t with status ok.
+func conditionIs(conds []corev1.PodCondition, t corev1.PodConditionType, ok bool) bool {
+	want := corev1.ConditionFalse
+	if ok {
+		want = corev1.ConditionTrue
 	}
-	return false
+	c := findCondition(conds, t)
+	return c != nil && c.Status == want
 }
