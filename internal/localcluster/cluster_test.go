@@ -150,6 +150,20 @@ func create(t *testing.T, p *corev1.Pod) {
 	}
 }
 
+// waitReady waits up to 30 s for the pod to be Ready and returns it.
+func waitReady(t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	eventually(t, 30*time.Second, func() error {
+		pod = getPod(t, ns, name)
+		if !ready(pod) {
+			return fmt.Errorf("not ready: phase %s, %+v", pod.Status.Phase, pod.Status.ContainerStatuses)
+		}
+		return nil
+	})
+	return pod
+}
+
 func ready(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
@@ -180,14 +194,7 @@ func TestOrdinaryGPUPodRunsOnAKwokNode(t *testing.T) {
 func TestWorkerPodRunsAsAProcess(t *testing.T) {
 	ns := namespace(t)
 	create(t, workerPod(ns, "w"))
-	var pod *corev1.Pod
-	eventually(t, 30*time.Second, func() error {
-		pod = getPod(t, ns, "w")
-		if !ready(pod) {
-			return fmt.Errorf("not ready: phase %s, %+v", pod.Status.Phase, pod.Status.ContainerStatuses)
-		}
-		return nil
-	})
+	pod := waitReady(t, ns, "w")
 	node, err := cluster.Client.CoreV1().Nodes().Get(context.Background(), pod.Spec.NodeName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -251,14 +258,7 @@ func TestWorkerPodRunsAsAProcess(t *testing.T) {
 func TestWorkerReadinessFlippedByOthersIsRestored(t *testing.T) {
 	ns := namespace(t)
 	create(t, workerPod(ns, "flip"))
-	var pod *corev1.Pod
-	eventually(t, 30*time.Second, func() error {
-		pod = getPod(t, ns, "flip")
-		if !ready(pod) {
-			return fmt.Errorf("not ready: phase %s", pod.Status.Phase)
-		}
-		return nil
-	})
+	pod := waitReady(t, ns, "flip")
 	containerID := pod.Status.ContainerStatuses[0].ContainerID
 	for i, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodReady || c.Type == corev1.ContainersReady {
