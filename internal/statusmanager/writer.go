@@ -43,31 +43,27 @@ type Writer struct {
 // until some later event. Then the latest object is read first.
 func (w *Writer) Write(ctx context.Context, svc *v1alpha1.MLAService, status *v1alpha1.MLAServiceStatus) error {
 	key := client.ObjectKeyFromObject(svc)
-	latest := svc.DeepCopy()
-	if equality.Semantic.DeepEqual(latest.Status, *status) {
-		if w.cacheHoldsLastWrite(key, latest.ResourceVersion) {
-			return nil
-		}
-		latest = &v1alpha1.MLAService{}
-		if err := w.Reader.Get(ctx, key, latest); err != nil {
-			return fmt.Errorf("reading %s to check its status: %w", key, err)
-		}
+	// latest is the copy to compare and update; nil when it must be read.
+	var latest *v1alpha1.MLAService
+	if !equality.Semantic.DeepEqual(svc.Status, *status) {
+		latest = svc.DeepCopy()
+	} else if w.cacheHoldsLastWrite(key, svc.ResourceVersion) {
+		return nil
 	}
-	first := true
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if !first {
+		if latest == nil {
 			latest = &v1alpha1.MLAService{}
 			if err := w.Reader.Get(ctx, key, latest); err != nil {
-				return err
+				return fmt.Errorf("reading the latest copy: %w", err)
 			}
 		}
-		first = false
 		if equality.Semantic.DeepEqual(latest.Status, *status) {
 			w.remember(key, latest.ResourceVersion)
 			return nil
 		}
 		latest.Status = *status.DeepCopy()
 		if err := w.Client.Status().Update(ctx, latest); err != nil {
+			latest = nil // a conflict: read the latest copy again
 			return err
 		}
 		w.remember(key, latest.ResourceVersion) // the update's response

@@ -78,3 +78,35 @@ func TestWriterSkipsAnUnchangedStatus(t *testing.T) {
 		t.Errorf("%d writes for an unchanged status", *writes)
 	}
 }
+
+// The first attempt trusts the cached copy's resourceVersion; when the
+// object changed since, the conflict costs one read of the latest copy and
+// a second write.
+func TestWriterRetriesAConflictOnTheLatestCopy(t *testing.T) {
+	c, cached, writes := writerFixture(t)
+	w := &Writer{Client: c, Reader: c}
+	ctx := context.Background()
+	changed := cached.DeepCopy()
+	changed.Spec.ContextLength *= 2
+	if err := c.Update(ctx, changed); err != nil { // the cache has not seen this
+		t.Fatal(err)
+	}
+	if err := w.Write(ctx, cached, status(5)); err != nil {
+		t.Fatal(err)
+	}
+	var got v1alpha1.MLAService
+	if err := c.Get(ctx, client.ObjectKeyFromObject(cached), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.ReadyReplicas != 5 || got.Spec.ContextLength != changed.Spec.ContextLength || *writes != 2 {
+		t.Errorf("server readyReplicas %d, contextLength %d after %d writes, want 5, %d after 2 (a conflict, then a write)",
+			got.Status.ReadyReplicas, got.Spec.ContextLength, *writes, changed.Spec.ContextLength)
+	}
+	// That write is remembered: a cache holding it needs no request.
+	if err := w.Write(ctx, &got, status(5)); err != nil {
+		t.Fatal(err)
+	}
+	if *writes != 2 {
+		t.Errorf("%d writes for an unchanged status", *writes)
+	}
+}
