@@ -120,6 +120,36 @@ func waitWorkerPods(t *testing.T, ns string, n int) []corev1.Pod {
 	return pods
 }
 
+// reportStaleAfter is the operator's staleness bound in the report tests:
+// short, so that they see reports go stale.
+const reportStaleAfter = 8 * time.Second
+
+// startReportingService starts, in a fresh namespace with one H100 node, an
+// operator that counts reports for reportStaleAfter and a service of the
+// given replicas, and returns the namespace and the service's worker pods.
+func startReportingService(t *testing.T, name string, replicas int32) (string, []corev1.Pod) {
+	t.Helper()
+	ns := testEnv.Namespace(t)
+	createNodes(t, ns, builders.GPUNode("a", builders.H100, 8))
+	startOperator(t, ns, controllers.Options{ReportStaleAfter: reportStaleAfter})
+	createService(t, builders.MLAService(ns, name).Replicas(replicas), ns)
+	return ns, waitWorkerPods(t, ns, int(replicas))
+}
+
+// waitCounted waits until the service's status counts ready workers
+// holding tokens of KV cache capacity in all.
+func waitCounted(t *testing.T, ns, name string, ready int32, tokens int64) {
+	t.Helper()
+	eventually(t, func() error {
+		s := getService(t, ns, name)
+		if s.Status.ReadyReplicas != ready || s.Status.KVCache.CapacityTokens != tokens {
+			return fmt.Errorf("%d ready workers and %d tokens counted, want %d and %d; kvCache %+v",
+				s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens, ready, tokens, s.Status.KVCache)
+		}
+		return nil
+	})
+}
+
 func getService(t *testing.T, ns, name string) *v1alpha1.MLAService {
 	t.Helper()
 	var svc v1alpha1.MLAService

@@ -137,12 +137,7 @@ func summary(pods map[string]*corev1.Pod) map[string]string {
 // ready report count, and totals drop when reports go stale, without any
 // further write.
 func TestControllerAggregatesWorkerReports(t *testing.T) {
-	ns := testEnv.Namespace(t)
-	createNodes(t, ns, builders.GPUNode("a", builders.H100, 8))
-	const staleAfter = 8 * time.Second
-	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
-	createService(t, builders.MLAService(ns, "lite").Replicas(5), ns)
-	pods := waitWorkerPods(t, ns, 5)
+	ns, pods := startReportingService(t, "lite", 5)
 	ctx := context.Background()
 	now := time.Now()
 	reports := []struct {
@@ -203,16 +198,10 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 	})
 	// No worker reports again: capacity is no longer promised once the
 	// reports are older than the bound.
-	eventually(t, func() error {
-		s := getService(t, ns, "lite")
-		if s.Status.KVCache.CapacityTokens != 0 || s.Status.ReadyReplicas != 0 {
-			return fmt.Errorf("kvCache %+v with every report stale", s.Status.KVCache)
-		}
-		return nil
-	})
+	waitCounted(t, ns, "lite", 0, 0)
 	// Report times travel as RFC 3339 seconds.
-	if reported := now.Truncate(time.Second); time.Since(reported) < staleAfter {
-		t.Fatalf("capacity dropped %s after the reports, before the %s bound", time.Since(reported), staleAfter)
+	if reported := now.Truncate(time.Second); time.Since(reported) < reportStaleAfter {
+		t.Fatalf("capacity dropped %s after the reports, before the %s bound", time.Since(reported), reportStaleAfter)
 	}
 }
 
@@ -221,12 +210,7 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 // running 2 minutes ahead stops counting a staleness bound after its last
 // heartbeat by the operator's clock, not 2 minutes later.
 func TestControllerJudgesReportsByItsOwnClock(t *testing.T) {
-	ns := testEnv.Namespace(t)
-	createNodes(t, ns, builders.GPUNode("a", builders.H100, 8))
-	const staleAfter = 8 * time.Second
-	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
-	createService(t, builders.MLAService(ns, "skew").Replicas(2), ns)
-	pods := waitWorkerPods(t, ns, 2)
+	ns, pods := startReportingService(t, "skew", 2)
 	ctx := context.Background()
 	for i := range pods {
 		if err := markReady(ctx, &pods[i]); err != nil {
@@ -263,27 +247,17 @@ func TestControllerJudgesReportsByItsOwnClock(t *testing.T) {
 			}
 		}
 	}()
-	eventually(t, func() error {
-		if s := getService(t, ns, "skew"); s.Status.ReadyReplicas != 2 || s.Status.KVCache.CapacityTokens != 3000 {
-			return fmt.Errorf("%d ready, %d tokens: want both workers counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
-		}
-		return nil
-	})
+	waitCounted(t, ns, "skew", 2, 3000)
 	// The worker ahead dies; the one behind keeps heartbeating.
 	mu.Lock()
 	aheadOn = false
 	last := aheadLast
 	mu.Unlock()
-	eventually(t, func() error {
-		if s := getService(t, ns, "skew"); s.Status.ReadyReplicas != 1 || s.Status.KVCache.CapacityTokens != 1000 {
-			return fmt.Errorf("%d ready, %d tokens: want only the worker behind counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
-		}
-		return nil
-	})
+	waitCounted(t, ns, "skew", 1, 1000)
 	// eventually gives up after 60 s, well before the worker's own clock
 	// would call its last report stale (2 min + 8 s).
-	if since := time.Since(last); since < staleAfter-time.Second {
-		t.Fatalf("the silent worker stopped counting %s after its last report, before the %s bound", since, staleAfter)
+	if since := time.Since(last); since < reportStaleAfter-time.Second {
+		t.Fatalf("the silent worker stopped counting %s after its last report, before the %s bound", since, reportStaleAfter)
 	}
 }
 
@@ -322,12 +296,8 @@ func TestControllerAutoscalesOnKVUtilization(t *testing.T) {
 // is far past the staleness bound; without heartbeats it stops counting a
 // bound later by the operator's clock.
 func TestControllerCountsAFirstReportFromANodeBehind(t *testing.T) {
-	ns := testEnv.Namespace(t)
-	createNodes(t, ns, builders.GPUNode("a", builders.H100, 8))
-	const staleAfter = 8 * time.Second
-	startOperator(t, ns, controllers.Options{ReportStaleAfter: staleAfter})
-	createService(t, builders.MLAService(ns, "behind").Replicas(1), ns)
-	pod := &waitWorkerPods(t, ns, 1)[0]
+	ns, pods := startReportingService(t, "behind", 1)
+	pod := &pods[0]
 	ctx := context.Background()
 	if err := markReady(ctx, pod); err != nil {
 		t.Fatal(err)
@@ -344,19 +314,9 @@ func TestControllerCountsAFirstReportFromANodeBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	reported := time.Now()
-	eventually(t, func() error {
-		if s := getService(t, ns, "behind"); s.Status.ReadyReplicas != 1 || s.Status.KVCache.CapacityTokens != 1000 {
-			return fmt.Errorf("%d ready, %d tokens: want the worker counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
-		}
-		return nil
-	})
-	eventually(t, func() error {
-		if s := getService(t, ns, "behind"); s.Status.ReadyReplicas != 0 || s.Status.KVCache.CapacityTokens != 0 {
-			return fmt.Errorf("%d ready, %d tokens: want the silent worker no longer counted", s.Status.ReadyReplicas, s.Status.KVCache.CapacityTokens)
-		}
-		return nil
-	})
-	if since := time.Since(reported); since < staleAfter-time.Second {
-		t.Fatalf("the worker stopped counting %s after its only report, before the %s bound", since, staleAfter)
+	waitCounted(t, ns, "behind", 1, 1000)
+	waitCounted(t, ns, "behind", 0, 0)
+	if since := time.Since(reported); since < reportStaleAfter-time.Second {
+		t.Fatalf("the worker stopped counting %s after its only report, before the %s bound", since, reportStaleAfter)
 	}
 }
