@@ -259,7 +259,7 @@ func TestScale(t *testing.T) {
 	}
 	atReady := scrape(t, metricsAddr)
 	reportsAtReady := patcher.n.Load()
-	diagnose(t, ctx, c, atReady)
+	diagnose(t, ctx, c, list.Items, atReady)
 	t.Logf("%d of %d services (%d workers) Ready %s after creation", ready, services, services*replicas, allReady.Round(100*time.Millisecond))
 
 	// Steady state: reports by heartbeat only.
@@ -281,21 +281,17 @@ func TestScale(t *testing.T) {
 
 // diagnose logs what keeps services from Ready: nodes not Ready or tainted,
 // worker pods not Ready, reports the operator does not count although the
-// pod's own report is fresh, and the operator's work queue.
-func diagnose(t *testing.T, ctx context.Context, c client.Client, m metrics) {
+// pod's own report is fresh, and the operator's work queue. svcs is the
+// services as the wait for Ready last listed them.
+func diagnose(t *testing.T, ctx context.Context, c client.Client, svcs []v1alpha1.MLAService, m metrics) {
 	t.Helper()
 	var nodes corev1.NodeList
 	var pods corev1.PodList
-	var svcs v1alpha1.MLAServiceList
 	if err := c.List(ctx, &nodes); err != nil {
 		t.Errorf("diagnose: %v", err)
 		return
 	}
 	if err := c.List(ctx, &pods, client.InNamespace("scale")); err != nil {
-		t.Errorf("diagnose: %v", err)
-		return
-	}
-	if err := c.List(ctx, &svcs, client.InNamespace("scale")); err != nil {
 		t.Errorf("diagnose: %v", err)
 		return
 	}
@@ -339,7 +335,7 @@ func diagnose(t *testing.T, ctx context.Context, c client.Client, m metrics) {
 	}
 	readyWorkers := 0
 	var statusAge, statusReportAge []time.Duration
-	for _, s := range svcs.Items {
+	for _, s := range svcs {
 		readyWorkers += int(s.Status.ReadyReplicas)
 		if cond := apimeta.FindStatusCondition(s.Status.Conditions, v1alpha1.ConditionReady); cond != nil {
 			statusAge = append(statusAge, now.Sub(cond.LastTransitionTime.Time))
@@ -362,39 +358,34 @@ func diagnose(t *testing.T, ctx context.Context, c client.Client, m metrics) {
 		len(pods.Items), running, podNotReady, noReport, staleAnn, med(annAge))
 	t.Logf("DIAG services: %d ready workers counted in status; report age in status %s", readyWorkers, med(statusReportAge))
 	for _, name := range []string{"workqueue_adds_total", "workqueue_retries_total", "workqueue_depth", "workqueue_unfinished_work_seconds",
-		"controller_runtime_reconcile_total", "controller_runtime_reconcile_errors_total", "mla_operator_node_changes_total"} {
-		var keys []string
-		for k := range m {
-			if k == name || strings.HasPrefix(k, name+"{") {
-				keys = append(keys, k)
-			}
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		"controller_runtime_reconcile_total", "controller_runtime_reconcile_errors_total", "mla_operator_node_changes_total",
+		"rest_client_requests_total"} {
+		for _, k := range m.series(name) {
 			t.Logf("DIAG %s %g", k, m[k])
 		}
-	}
-	var keys []string
-	for k := range m {
-		if strings.HasPrefix(k, "rest_client_requests_total{") {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		t.Logf("DIAG %s %g", k, m[k])
 	}
 }
 
 // metrics is a Prometheus text scrape: series -> value.
 type metrics map[string]float64
 
+// series is the metric's series (the bare name and every label set),
+// sorted.
+func (m metrics) series(name string) []string {
+	var keys []string
+	for k := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 func (m metrics) sum(name string) float64 {
 	var s float64
-	for k, v := range m {
-		if k == name || strings.HasPrefix(k, name+"{") {
-			s += v
-		}
+	for _, k := range m.series(name) {
+		s += m[k]
 	}
 	return s
 }
