@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
+	"github.com/mla-operator/mla-operator/internal/localcluster/childproc"
 	"github.com/mla-operator/mla-operator/worker/client"
 )
 
@@ -72,17 +74,27 @@ type logLine struct {
 
 func TestWorkerProcessServesAndDrainsOnSIGTERM(t *testing.T) {
 	bin := buildWorker(t)
-	cmd := exec.Command(bin, "--drain-timeout=20s")
-	cmd.Env = tinyEnv()
-	stderr, err := cmd.StderrPipe()
+	// childproc, as the local cluster runs workers: the worker dies with
+	// this test binary, even one killed by its timeout.
+	stderr, stderrW := io.Pipe()
+	proc, err := childproc.Start(childproc.Spec{Name: "worker", Path: bin, Args: []string{"--drain-timeout=20s"},
+		Env: tinyEnv(), LogPath: filepath.Join(t.TempDir(), "worker.log"), Stderr: stderrW})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	go func() {
+		<-proc.Done()
+		stderrW.Close()
+	}()
 	lines := make(chan logLine, 100)
+	defer func() {
+		// Unblock the reader below, so that the killed child is reaped.
+		go func() {
+			for range lines {
+			}
+		}()
+		proc.Stop(0)
+	}()
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -120,7 +132,7 @@ func TestWorkerProcessServesAndDrainsOnSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -136,16 +148,14 @@ func TestWorkerProcessServesAndDrainsOnSIGTERM(t *testing.T) {
 	if err := c.FreeSequence(ctx, seq.ID); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
 	go func() {
 		for range lines {
 		}
-		done <- cmd.Wait()
 	}()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("worker exited with %v after draining, want status 0", err)
+	case <-proc.Done():
+		if code := proc.ExitCode(); code != 0 {
+			t.Fatalf("worker exited with status %d after draining, want 0", code)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("worker did not exit after its last sequence was freed")
