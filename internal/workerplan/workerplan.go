@@ -108,13 +108,13 @@ func Decide(in Input) Plan {
 			p.Failed = append(p.Failed, pod.Name)
 			continue
 		}
-		if since, ok := unschedulableSince(pod); ok {
-			if left := since.Add(in.UnschedulableGrace).Sub(in.Now); left > 0 {
+		if c := unschedulable(pod); c != nil {
+			if left := c.LastTransitionTime.Add(in.UnschedulableGrace).Sub(in.Now); left > 0 {
 				p.RecheckAfter = minPositive(p.RecheckAfter, left)
 			} else {
 				p.Deletions = append(p.Deletions, Deletion{Pod: pod, Reason: ReasonUnschedulable,
 					Message: fmt.Sprintf("worker %s could not be scheduled on node %s for %s (%s); placing it again",
-						pod.Name, nodeinfo.PodNode(pod), in.UnschedulableGrace, unschedulableMessage(pod))})
+						pod.Name, nodeinfo.PodNode(pod), in.UnschedulableGrace, c.Message)})
 				continue
 			}
 		}
@@ -254,27 +254,19 @@ func names(in Input, n int) []string {
 	return out
 }
 
-// unschedulableSince is when the scheduler last refused to bind an unbound
-// pod.
-func unschedulableSince(pod *corev1.Pod) (time.Time, bool) {
+// unschedulable is the condition by which the scheduler refused to bind an
+// unbound pod (its LastTransitionTime says since when); nil if none.
+func unschedulable(pod *corev1.Pod) *corev1.PodCondition {
 	if pod.Spec.NodeName != "" {
-		return time.Time{}, false
+		return nil
 	}
-	for _, c := range pod.Status.Conditions {
+	for i := range pod.Status.Conditions {
+		c := &pod.Status.Conditions[i]
 		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
-			return c.LastTransitionTime.Time, true
+			return c
 		}
 	}
-	return time.Time{}, false
-}
-
-func unschedulableMessage(pod *corev1.Pod) string {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodScheduled {
-			return c.Message
-		}
-	}
-	return ""
+	return nil
 }
 
 func rank(b bool) int {
