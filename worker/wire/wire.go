@@ -338,18 +338,22 @@ const responseHeader = 24
 // Marshal frames r.
 func (r *DecodeResponse) Marshal() []byte {
 	od := orBF16(r.OutDType)
-	b := make([]byte, 0, responseHeader+len(r.Out)*od.Size()+4*len(r.LSE))
-	b = append(b, responseMagic[:]...)
-	b = append(b, byte(od), 0, 0, 0)
-	b = le.AppendUint32(b, uint32(r.Batch))
-	b = le.AppendUint32(b, uint32(r.SQ))
-	b = le.AppendUint32(b, uint32(r.Heads))
-	b = le.AppendUint32(b, 0)
+	b := appendResponseHeader(make([]byte, 0, responseHeader+len(r.Out)*od.Size()+4*len(r.LSE)), od, r.Batch, r.SQ, r.Heads)
 	b = putValues(b, od, r.Out)
 	for _, v := range r.LSE {
 		b = le.AppendUint32(b, math.Float32bits(v))
 	}
 	return b
+}
+
+// appendResponseHeader appends a decode response frame's header.
+func appendResponseHeader(b []byte, od DType, batch, sq, heads int) []byte {
+	b = append(b, responseMagic[:]...)
+	b = append(b, byte(od), 0, 0, 0)
+	b = le.AppendUint32(b, uint32(batch))
+	b = le.AppendUint32(b, uint32(sq))
+	b = le.AppendUint32(b, uint32(heads))
+	return le.AppendUint32(b, 0)
 }
 
 // ResponseFrame allocates a bf16 decode response frame and returns views of
@@ -361,12 +365,8 @@ func ResponseFrame(batch, sq, heads int) (frame []byte, out []uint16, lse []floa
 		return nil, nil, nil, false
 	}
 	nOut, nLSE := batch*sq*heads*LatentDim, batch*heads*sq
-	frame = make([]byte, responseHeader+2*nOut+4*nLSE)
-	copy(frame, responseMagic[:])
-	frame[4] = byte(BF16)
-	le.PutUint32(frame[8:], uint32(batch))
-	le.PutUint32(frame[12:], uint32(sq))
-	le.PutUint32(frame[16:], uint32(heads))
+	size := responseHeader + 2*nOut + 4*nLSE
+	frame = appendResponseHeader(make([]byte, 0, size), BF16, batch, sq, heads)[:size]
 	// make's memory is 8-byte aligned and both offsets are multiples of 4.
 	out = unsafe.Slice((*uint16)(unsafe.Pointer(&frame[responseHeader])), nOut)
 	lse = unsafe.Slice((*float32)(unsafe.Pointer(&frame[responseHeader+2*nOut])), nLSE)
