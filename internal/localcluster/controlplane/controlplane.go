@@ -85,7 +85,11 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}()
 
 	logf("starting etcd and kube-apiserver")
-	etcdPath, apiserverPath, err := dieWithParent(opts.WorkDir, filepath.Join(opts.BinDir, "etcd"), filepath.Join(opts.BinDir, "kube-apiserver"))
+	etcdPath, err := dieWithParent(opts.WorkDir, filepath.Join(opts.BinDir, "etcd"))
+	if err != nil {
+		return nil, err
+	}
+	apiserverPath, err := dieWithParent(opts.WorkDir, filepath.Join(opts.BinDir, "kube-apiserver"))
 	if err != nil {
 		return nil, err
 	}
@@ -198,29 +202,24 @@ func (cp *ControlPlane) Stop() error {
 	return nil
 }
 
-// dieWithParent returns paths that start each binary with a parent-death
+// dieWithParent returns a path that starts binary with a parent-death
 // signal (util-linux setpriv), as childproc does for the other components:
 // envtest starts etcd and kube-apiserver without one, so a test binary
 // killed by its timeout would leave them running. Without setpriv the
-// binaries are started as they are.
-func dieWithParent(workDir string, binaries ...string) (etcd, apiserver string, err error) {
-	setpriv, lookErr := exec.LookPath("setpriv")
-	paths := make([]string, len(binaries))
-	for i, b := range binaries {
-		paths[i] = b
-		if lookErr != nil {
-			continue
-		}
-		dir := filepath.Join(workDir, "bin")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return "", "", err
-		}
-		wrapper := filepath.Join(dir, filepath.Base(b))
-		script := fmt.Sprintf("#!/bin/sh\nexec %s --pdeathsig KILL -- %s \"$@\"\n", setpriv, b)
-		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-			return "", "", fmt.Errorf("writing %s: %w", wrapper, err)
-		}
-		paths[i] = wrapper
+// binary is started as it is.
+func dieWithParent(workDir, binary string) (string, error) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		return binary, nil
 	}
-	return paths[0], paths[1], nil
+	dir := filepath.Join(workDir, "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	wrapper := filepath.Join(dir, filepath.Base(binary))
+	script := fmt.Sprintf("#!/bin/sh\nexec %s --pdeathsig KILL -- %s \"$@\"\n", setpriv, binary)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		return "", fmt.Errorf("writing %s: %w", wrapper, err)
+	}
+	return wrapper, nil
 }
