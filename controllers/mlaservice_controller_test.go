@@ -93,11 +93,9 @@ func TestWorkerChangedNotesHeartbeats(t *testing.T) {
 	// The worker's node runs 5 minutes behind the operator.
 	skew := -5 * time.Minute
 	worker := func(uid string, made time.Duration) *corev1.Pod {
-		pod := builders.Pod("ns", "w-"+uid).WorkerOf("svc").OnNode("n").Running(true).
+		pod := builders.Pod("ns", "w-"+uid).WorkerOf("svc").ControlledBy("svc", "s").OnNode("n").Running(true).
 			Report(v1alpha1.Report{CapacityTokens: 1000, Ready: true, Time: metav1.NewTime(t0.Add(skew + made))}).Obj()
 		pod.UID = types.UID(uid)
-		pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MLAService", Name: "svc",
-			UID: "s", Controller: new(true)}}
 		return pod
 	}
 	key := reportclock.Key{Service: types.NamespacedName{Namespace: "ns", Name: "svc"}, Pod: "a"}
@@ -183,17 +181,10 @@ func TestRequeueAfterTakesTheSoonestReason(t *testing.T) {
 func TestOwnedByNeedsTheControllerReference(t *testing.T) {
 	svc := builders.MLAService("ns", "s").Obj()
 	svc.UID = types.UID("current")
-	ref := func(uid string) []metav1.OwnerReference {
-		return []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MLAService", Name: "s",
-			UID: types.UID(uid), Controller: new(true)}}
-	}
-	mine := builders.Pod("ns", "mine").WorkerOf("s").Obj()
-	mine.OwnerReferences = ref("current")
-	previous := builders.Pod("ns", "previous").WorkerOf("s").Obj()
-	previous.OwnerReferences = ref("deleted-service-of-the-same-name")
+	mine := builders.Pod("ns", "mine").WorkerOf("s").ControlledBy("s", "current").Obj()
+	previous := builders.Pod("ns", "previous").WorkerOf("s").ControlledBy("s", "deleted-service-of-the-same-name").Obj()
 	lookalike := builders.Pod("ns", "lookalike").WorkerOf("s").Obj()
-	elsewhere := builders.Pod("other", "elsewhere").WorkerOf("s").Obj()
-	elsewhere.OwnerReferences = ref("current")
+	elsewhere := builders.Pod("other", "elsewhere").WorkerOf("s").ControlledBy("s", "current").Obj()
 	got := ownedBy(svc, []corev1.Pod{*mine, *previous, *lookalike, *elsewhere})
 	if len(got) != 1 || got[0].Name != "mine" {
 		t.Fatalf("owned pods %v", got)
@@ -245,8 +236,8 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 
 func TestServicesToWake(t *testing.T) {
 	owned := func(ns, name, svc, apiVersion string) corev1.Pod {
-		p := builders.Pod(ns, name).WorkerOf(svc).OnNode("n").Obj()
-		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: apiVersion, Kind: "MLAService", Name: svc, UID: "u", Controller: new(true)}}
+		p := builders.Pod(ns, name).WorkerOf(svc).ControlledBy(svc, "u").OnNode("n").Obj()
+		p.OwnerReferences[0].APIVersion = apiVersion
 		return *p
 	}
 	ours := v1alpha1.GroupVersion.String()

@@ -7,6 +7,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
 )
@@ -29,6 +31,14 @@ func (b *PodBuilder) WorkerOf(service string) *PodBuilder {
 	b.pod.Labels[v1alpha1.LabelService] = service
 	b.pod.Labels[v1alpha1.LabelComponent] = v1alpha1.ComponentWorker
 	b.pod.Labels[v1alpha1.LabelManagedBy] = v1alpha1.ManagedByValue
+	return b
+}
+
+// ControlledBy makes the MLAService service, with uid, the pod's controller,
+// as the operator's own workers have it.
+func (b *PodBuilder) ControlledBy(service string, uid types.UID) *PodBuilder {
+	b.pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MLAService",
+		Name: service, UID: uid, Controller: ptr.To(true)}}
 	return b
 }
 
