@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,7 +99,7 @@ func BenchmarkReconcileEnvtest(b *testing.B) {
 	workers := 0
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if len(p.Namespace) < len(run) || p.Namespace[:len(run)] != run {
+		if !strings.HasPrefix(p.Namespace, run) {
 			continue
 		}
 		workers++
