@@ -69,6 +69,17 @@ __device__ __forceinline__ uint32_t tile_offset(int row, int col) {
   return panel * kPanelBytes + row * 128 + ((chunk ^ (row & 7)) << 4);
 }
 
+// 2^x on the special-function unit. exp2f() adds a denormal range check
+// per call that ptxas chains through one predicate register, so a block's
+// 32 exponentials ran one after another at MUFU latency; -inf still gives
+// +0, and flushing denormal probabilities to zero is below bf16's
+// resolution.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -198,36 +209,40 @@ __device__ __forceinline__ void wgmma_m64n32k16(float* d, uint64_t desc_a, uint6
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// The 128 accumulator registers of an m64n256 wgmma, as asm text and operands.
+#define MLA_D128_REGS \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define MLA_D128_OPERANDS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+  "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+  "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+  "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
 // D[64 x 256] (+)= A[64 x 16] * B[16 x 256]; A K-major, B MN-major, both in shared memory.
 __device__ __forceinline__ void wgmma_m64n256k16_bmn(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" MLA_D128_REGS "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+      : MLA_D128_OPERANDS(d)
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
@@ -461,7 +476,7 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
         const int r = frag_row + 8 * i;
         const float m_new = fmaxf(m_run[i], fmaxf(red_max[r], red_max[kRows + r]));
         sub[i] = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
-        alpha[i] = exp2f(m_run[i] * p.scale_log2 - sub[i]);
+        alpha[i] = fast_exp2(fmaf(m_run[i], p.scale_log2, -sub[i]));
         m_run[i] = m_new;
         l_run[i] *= alpha[i];
       }
@@ -479,7 +494,7 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
         float pr[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          pr[j] = exp2f(s[t][j] * p.scale_log2 - sub[j >> 1]);
+          pr[j] = fast_exp2(fmaf(s[t][j], p.scale_log2, -sub[j >> 1]));
           l_run[j >> 1] += pr[j];
         }
         const int col = 32 * h + 8 * t + 2 * (lane & 3);
@@ -552,38 +567,49 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
 
 // ---------------------------------------------------------------- seesaw
 //
-// mla_decode_seesaw: the two warpgroups take turns instead of working in
-// lockstep, so one warpgroup's softmax overlaps the other's tensor-core
-// work (the schedule FlashMLA calls "seesaw"; written here from its
-// description, docs/kernel-notes.md v9).
+// mla_decode_seesaw (v10): the two warpgroups take turns on pairs of KV
+// blocks, so one warpgroup's softmax overlaps the other's tensor-core work
+// (the schedule FlashMLA calls "seesaw"; written here from its description
+// and docs/kernel-notes.md, v9 and v10).
 //
-// The blocks of a CTA's part form one chain j = 0, 1, 2, ... across its
-// sequences. Block j lives in KV stage j & 1 and is owned by warpgroup
-// j & 1, which alone computes S = Q K_j^T over all 64 keys (N = 64, so Q is
-// read once per block, not once per warpgroup), its online softmax, and
-// publishes the running row maxima m_j and P_j (bf16, written over the
-// block's RoPE panel, dead once its QK^T is done). Both warpgroups then apply
-// P_j to their half of V_j (256 output columns each): the owner right away,
-// the other first thing in its next own block, before that block's QK^T. The running maxima
-// form a chain (block j's softmax needs m_{j-1}), so both warpgroups see the
-// same maxima and rescale their halves of O alike.
+// A sequence's blocks go in pairs: block 2i in KV stage 0, block 2i + 1 in
+// stage 1. Warpgroup 0 computes S0 = Q K_{2i}^T over all 64 keys, warpgroup 1
+// S1 = Q K_{2i+1}^T, at the same time. Then, per pair:
+//   wg0: softmax of S0 (running max m -> m0)        -> scale0 ready
+//        O_L += P0 V0_L (P0 from registers)
+//   wg1: softmax of S1 (m0 -> m1), O_R rescaled      -> scale1 ready
+//        P1 to shared memory; O_R += P1 V1_R (registers)
+//   wg0: P0 rescaled to m1, to shared memory         -> P0 ready
+//   wg1: O_R += P0 V0_R (shared)                      -> P1 ready
+//   wg0: O_L rescaled to m1; O_L += P1 V1_L (shared)
+//   both: QK^T of the next pair, as soon as their panels land.
+// The only chain between the warpgroups is the two softmaxes; the tensor
+// pipe has the other warpgroup's products to run meanwhile.
 //
-// Copies: a block's stage is free once both warpgroups' P V of it are done;
-// the warpgroup that does not own block j copies block j + 2 into its stage
-// after its own P V_j (and the owner's, signalled on an mbarrier), so each
-// warpgroup only ever fills the other's stage, and the copies of the next
-// sequence's first blocks start while the current sequence is still running.
-// Completion is tracked per stage by cp.async's mbarrier arrive (no thread
-// waits for its own copies).
-//
-// Per stage s three mbarriers, each completing once per block of that
-// stage (phase = chain index >> 1):
-//   full[s]   the block's copy landed (128 arrivals: the copying warpgroup)
-//   empty[s]  the owner's P V of the block is done (4: one per owner warp)
-//   pub[s]    the owner published m_j and P_j (128: every owner thread, after
-//             its writes; the owner waits on it too before its own P V, so it
-//             doubles as the warpgroup's barrier, and each thread's release
-//             orders its reads of the other's m_j before the refills)
+// Copies: each warpgroup refills the panels it alone reads, right after
+// its last product on them, so no warpgroup waits for the other to free a
+// stage. Warpgroup w owns V panels 4w .. 4w + 3 of both stages; the RoPE
+// panel 8 of stage s goes to warpgroup 1 - s, because that panel holds
+// P_s (written over the RoPE values once the owner's QK^T is done), which
+// only warpgroup 1 - s reads. Each warpgroup's share completes on its own
+// mbarrier (cp.async's arrive: 128 arrivals), so QK^T starts on the share
+// that was refilled first. A sequence's last pair refills with the next
+// sequence's first two blocks, and the epilogue loads the next Q, so the
+// copies run on across sequences.
+
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+
+// Named barriers between the warpgroups (id 0 is __syncthreads); each use
+// is 128 arrivals from the producer warpgroup and 128 from the consumer.
+// wg1's scale reaches wg0 through an mbarrier instead (scale1_bar):
+// compute-sanitizer's racecheck reported that hand-off through a named
+// barrier as a race, though it accepts the same pattern for wg0's scale.
+enum PairBarrier : int { kScale0Ready = 1, kP0Ready = 2, kP1Ready = 3 };
+__device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -626,10 +652,22 @@ __device__ __forceinline__ void wgmma_m64n64k16(float* d, uint64_t desc_a, uint6
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-// The part's blocks in chain order: sequence b, its blocks k .. k1 in this
-// part; b == batch once the part is exhausted.
+// D[64 x 256] += A[64 x 16] * B[16 x 256]; A in registers (the accumulator
+// layout of S, packed to bf16 pairs), B MN-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n256k16_rs(float* d, const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" MLA_D128_REGS "}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n"
+      "}\n"
+      : MLA_D128_OPERANDS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+
+// The part's sequences, one piece (a sequence's blocks k .. k1 in this
+// part) at a time; b == batch once the part is exhausted.
 struct PartCursor {
   int b, k, k1, len;
+  __device__ __forceinline__ int blocks() const { return k1 - k + 1; }
 };
 
 struct PartView {
@@ -652,68 +690,97 @@ struct PartView {
     }
     c.b = batch;
   }
-  __device__ __forceinline__ void next(PartCursor& c) const {
-    if (c.k < c.k1) {
-      ++c.k;
-    } else {
-      seek(c, c.b + 1);
-    }
-  }
 };
 
-// One warpgroup (t = 0..127) copies the cursor's block into a stage; rows
-// past the sequence's end are zero-filled. The stage's full barrier counts
-// the copies' completion.
-__device__ __forceinline__ void copy_block(uint32_t stage, const PartCursor& c, int page, const MlaDecodeParams& p,
-                                           int t, uint32_t full_bar) {
-  const __nv_bfloat16* src = reinterpret_cast<const __nv_bfloat16*>(p.cache) + static_cast<size_t>(page) * kBlock * kD;
-  const int valid_rows = min(kBlock, c.len - c.k * kBlock);
-  // Lane l of warp v copies chunk l % 8 of a panel in row 4 v + l / 8 of
-  // each 16-row group: the row's swizzle (row % 8) is the same in every
-  // group, so each copy is one instruction at a constant offset from two
-  // per-thread bases, and the warpgroup streams 16 rows (18 KiB) at a time.
-  const int r = t >> 3;  // 0..15
-  const int chunk = t & 7;
-  const uint32_t dst = stage + r * 128 + ((chunk ^ (r & 7)) << 4);
-  const __nv_bfloat16* from = src + r * kD + chunk * 8;
-#pragma unroll
-  for (int group = 0; group < kBlock / 16; ++group) {
-    const bool valid = group * 16 + r < valid_rows;
-#pragma unroll
-    for (int panel = 0; panel < kD / 64; ++panel)
-      cp_async_16(dst + panel * kPanelBytes + group * 16 * 128, valid ? from + group * 16 * kD + panel * 64 : src,
-                  valid ? 16 : 0);
-  }
-  cp_async_arrive_noinc(full_bar);
+// Where block j of piece c is read from: its page (loaded at the start of
+// the pair that copies it, so the block-table load is off the copy's
+// path) and its rows.
+struct BlockSource {
+  int page;
+  int valid_rows;
+};
+__device__ __forceinline__ BlockSource block_source(const PartCursor& c, int j, const MlaDecodeParams& p) {
+  const int k = c.k + j;
+  return BlockSource{reinterpret_cast<const int*>(p.block_table)[static_cast<size_t>(c.b) * p.max_pages + k],
+                     min(kBlock, c.len - k * kBlock)};
 }
 
-// The Q tile, loaded by all 256 threads with plain loads (it is needed at
-// once, and cp.async here would tie its completion to the KV copies in
-// flight); rows past the tile's end are zero.
-__device__ __forceinline__ void load_q(uint8_t* q_tile, const __nv_bfloat16* src, int valid_rows) {
-  constexpr int kPerThread = kRows * kChunksPerRow / kThreads;  // 18
+// Warpgroup w's share of a block into stage s (t = 0..127):
+// V panels 4w .. 4w + 3, and the RoPE panel when s != w. Rows past the
+// sequence's end are zero-filled. Lane l of warp v copies chunk l % 8 of a
+// panel in row 4 v + l / 8 of each 16-row group: the row's swizzle is the
+// same in every group, so each copy is one instruction at a constant
+// offset from two per-thread bases.
+// Warpgroup w's share of a block into stage s, by bulk tensor copies
+// (p.kv_map: a CUtensorMap over the whole cache as [rows][576] bf16, boxes
+// of 64 x 64 with the 128-byte swizzle, so each box lands as one panel in
+// the tile layout): V panels 4w .. 4w + 3, and the RoPE panel when s != w.
+// One thread issues the boxes and the stage's barrier counts their bytes,
+// so no other thread spends issue slots on copies, and TMA writes through
+// the async proxy as wgmma reads (no proxy fence). Rows past the sequence's
+// end hold whatever the page holds: zero_tail clears them before P V.
+__device__ __forceinline__ void tma_box(uint32_t dst, uint64_t map, int col, int row, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(map), "r"(col), "r"(row), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void copy_share(uint32_t stage, int s, int w, const BlockSource& b, const MlaDecodeParams& p,
+                                           int t, uint32_t full_bar) {
+  if (t == 0) {
+    const bool rope = s != w;
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(full_bar), "r"((rope ? 5 : 4) * kPanelBytes)
+                 : "memory");
+    const int row = p.kv_row0 + b.page * kBlock;
 #pragma unroll
-  for (int j0 = 0; j0 < kPerThread; j0 += 6) {
-    uint4 v[6];
+    for (int i = 0; i < 4; ++i) tma_box(stage + (4 * w + i) * kPanelBytes, p.kv_map, (4 * w + i) * 64, row, full_bar);
+    if (rope) tma_box(stage + 8 * kPanelBytes, p.kv_map, 512, row, full_bar);
+  }
+}
+
+// Zeroes rows [valid_rows, 64) of warpgroup w's V panels of a stage (the
+// last block of a sequence), so that P = 0 there never meets a NaN.
+__device__ __forceinline__ void zero_tail(uint32_t stage, int w, int valid_rows, int t) {
+  if (valid_rows >= kBlock) return;
+#pragma unroll 4
+  for (int i = t; i < 4 * kBlock * 8; i += 128) {
+    const int panel = 4 * w + (i >> 9), row = (i >> 3) & 63, chunk = i & 7;
+    if (row >= valid_rows)
+      asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(stage + panel * kPanelBytes + row * 128 + chunk * 16),
+                   "r"(0)
+                   : "memory");
+  }
+  fence_proxy_async();
+}
+
+// Warpgroup 1 loads the Q tile (t = 0..127); rows past the tile's end are
+// zero. The Q barrier counts its threads' copies.
+__device__ __forceinline__ void load_q_async(uint32_t q_tile, const __nv_bfloat16* src, int valid_rows, int t,
+                                             uint32_t q_bar) {
+#pragma unroll 4
+  for (int j = 0; j < 2 * kChunksPerThread; ++j) {
+    const int i = t + j * 128;
+    const int row = i / kChunksPerRow;
+    const int c16 = i % kChunksPerRow;
+    const bool valid = row < valid_rows;
+    cp_async_16(q_tile + (c16 >> 3) * kPanelBytes + row * 128 + (((c16 & 7) ^ (row & 7)) << 4),
+                src + (valid ? row * kD + c16 * 8 : 0), valid ? 16 : 0);
+  }
+  cp_async_arrive_noinc(q_bar);
+}
+
+// S (+)= Q K^T over one 64-column panel; kFirst starts from zero.
+template <int kPanel, bool kFirst = false>
+__device__ __forceinline__ void qk_panel(float (&sc)[32], uint32_t q_tile, uint32_t stage) {
 #pragma unroll
-    for (int j = 0; j < 6; ++j) {
-      const int i = threadIdx.x + (j0 + j) * kThreads;
-      const int row = i / kChunksPerRow;
-      const int c16 = i % kChunksPerRow;
-      v[j] = row < valid_rows ? __ldg(reinterpret_cast<const uint4*>(src + row * kD + c16 * 8)) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int j = 0; j < 6; ++j) {
-      const int i = threadIdx.x + (j0 + j) * kThreads;
-      const int row = i / kChunksPerRow;
-      const int c16 = i % kChunksPerRow;
-      *reinterpret_cast<uint4*>(q_tile + (c16 >> 3) * kPanelBytes + row * 128 + (((c16 & 7) ^ (row & 7)) << 4)) = v[j];
-    }
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint32_t off = kPanel * kPanelBytes + kk * 32;
+    wgmma_m64n64k16(sc, smem_desc(q_tile + off, 16, 1024), smem_desc(stage + off, 16, 1024), kFirst && kk == 0 ? 0 : 1);
   }
 }
 
 // Warpgroup w: O[0..63, 256 w ..] += P V with P in the stage's RoPE panel.
-__device__ __forceinline__ void pv_issue(float (&o)[32][4], uint32_t stage, int w) {
+__device__ __forceinline__ void pv_shared(float (&o)[32][4], uint32_t stage, int w) {
   const uint32_t p_tile = stage + 8 * kPanelBytes;
   wgmma_fence();
 #pragma unroll
@@ -725,250 +792,462 @@ __device__ __forceinline__ void pv_issue(float (&o)[32][4], uint32_t stage, int 
   wgmma_commit();
 }
 
+// Warpgroup w: O[0..63, 256 w ..] += P V with P in registers: pb[kk] is
+// the A fragment of keys 16 kk .. 16 kk + 15 (S's accumulator layout).
+__device__ __forceinline__ void pv_registers(float (&o)[32][4], const uint32_t (&pb)[4][4], uint32_t stage, int w) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBlock / 16; ++kk)
+    wgmma_m64n256k16_rs(&o[0][0], pb[kk], smem_desc(stage + 4 * w * kPanelBytes + kk * 16 * 128, kPanelBytes, 1024));
+  wgmma_commit();
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// P (this thread's fragment of S, times scale per row) as bf16 into the
+// stage's RoPE panel, K-major and swizzled like every tile.
+__device__ __forceinline__ void store_p(const float (&sc)[32], const float (&scale)[2], uint32_t stage, int frag_row,
+                                        int lane) {
+  const uint32_t p_tile = stage + 8 * kPanelBytes;
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+    const int col = 8 * n + 2 * (lane & 3);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t addr = p_tile + tile_offset(frag_row + 8 * i, col & ~7) + (col & 7) * 2;
+      const uint32_t v = pack_bf16(sc[4 * n + 2 * i] * scale[i], sc[4 * n + 2 * i + 1] * scale[i]);
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+    }
+  }
+}
+
+// O *= alpha per row; skipped when no row of the warp moved (alpha exactly
+// 1 for most blocks once the maxima settle).
+__device__ __forceinline__ void rescale(float (&o)[32][4], const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+      o[n][0] *= alpha[0];
+      o[n][1] *= alpha[0];
+      o[n][2] *= alpha[1];
+      o[n][3] *= alpha[1];
+    }
+  }
+}
+
+// The online softmax of one block's S (keys key0 + 8 n + ...): masks keys
+// past each row's limit (all of them when !present), takes the running
+// maximum (log2 units, i.e. times scale_log2) from m_old (-inf at a
+// sequence's first block) and leaves exp2(S scale_log2 - m_new) in sc.
+// Returns alpha = exp2(m_old - m_new) and the new maxima; scales l by alpha
+// and adds this thread's part of the row sums. The scale is positive, so
+// the maximum is taken on the raw scores.
+__device__ __forceinline__ void softmax_block(float (&sc)[32], bool present, int key0, const int (&limit)[2],
+                                              float scale_log2, const float (&m_old)[2], float (&m_new)[2],
+                                              float (&alpha)[2], float (&l)[2]) {
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + 8 * n + (e & 1);
+      if (!present || key > limit[e >> 1]) sc[4 * n + e] = -INFINITY;
+      mx[e >> 1] = fmaxf(mx[e >> 1], sc[4 * n + e]);
+    }
+  float sub[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    m_new[i] = fmaxf(m_old[i], mx[i] * scale_log2);
+    sub[i] = m_new[i] == -INFINITY ? 0.f : m_new[i];
+    alpha[i] = fast_exp2(m_old[i] - sub[i]);
+    l[i] *= alpha[i];
+  }
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float pr = fast_exp2(fmaf(sc[4 * n + e], scale_log2, -sub[e >> 1]));
+      sc[4 * n + e] = pr;
+      l[e >> 1] += pr;
+    }
+}
+
+// wgmma reads its register operand asynchronously: this keeps the
+// compiler from reusing those registers before the product is waited for.
+__device__ __forceinline__ void keep_alive(uint32_t (&pb)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(pb[kk][i])::"memory");
+}
+
+__device__ __forceinline__ void pack_p(const float (&sc)[32], uint32_t (&pb)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) pb[kk][i] = pack_bf16(sc[8 * kk + 2 * i], sc[8 * kk + 2 * i + 1]);
+}
+
 #ifdef MLA_TRACE
 // Cycles per phase of the seesaw loop, summed over CTAs (thread 0 of each
-// warpgroup; hack/gpu/mla_bench.cu's `one` mode prints them when built with
-// -DMLA_TRACE). This is what showed where v9's time goes (kernel-notes.md).
+// warpgroup; hack/gpu/mla_bench.cu's `one` mode prints them per pair when
+// built with -DMLA_TRACE). Phases: 0 waiting for the other warpgroup,
+// 1 softmax and P, 2 P V, 3 refills, 4 waiting for data, 5 QK^T, per
+// piece 10 waiting for Q, 6 the first QK^Ts, 11 the epilogue; 7 counts
+// pairs, 8 pieces, 9 is the total.
 __device__ unsigned long long g_mla_trace[2][12];
-#define TRACE_START(v) long long v = clock64()
-#define TRACE_ADD(i, v)                                                  \
-  do {                                                                   \
-    const long long now_ = clock64();                                    \
-    if (t == 0) trace[i] += static_cast<unsigned long long>(now_ - (v)); \
-    v = now_;                                                            \
+#define TRACE_START() long long trace_t_ = clock64()
+#define TRACE_RESET() trace_t_ = clock64()
+#define PHASE(i)                                                                                   \
+  do {                                                                                             \
+    const long long now_ = clock64();                                                              \
+    if (t == 0) atomicAdd(&g_mla_trace[w][i], static_cast<unsigned long long>(now_ - trace_t_));   \
+    trace_t_ = now_;                                                                               \
   } while (0)
 #else
-#define TRACE_START(v)
-#define TRACE_ADD(i, v)
+#define TRACE_START()
+#define TRACE_RESET()
+#define PHASE(i)
 #endif
 
 __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const uint32_t q_tile = smem_addr(smem);
-  // KV stage s is at q_tile + (1 + s) * kTileBytes.
-  float* m_slot = reinterpret_cast<float*>(smem + 3 * kTileBytes);  // [2 stages][64 rows]
-  float* red_sum = m_slot + 2 * kRows;                               // [2 warpgroups][64 rows]
-  const uint32_t bars = smem_addr(red_sum + 2 * kRows);
-  auto full_bar = [&](int s) { return bars + 8 * s; };
-  auto empty_bar = [&](int s) { return bars + 16 + 8 * s; };
-  auto pub_bar = [&](int s) { return bars + 32 + 8 * s; };
-  auto stage_addr = [&](int s) { return q_tile + (1 + s) * kTileBytes; };
+  const uint32_t stage0 = q_tile + kTileBytes, stage1 = q_tile + 2 * kTileBytes;
+  float* s_max = reinterpret_cast<float*>(smem + 3 * kTileBytes);  // running row maxima (log2 units)
+  float* s_scale0 = s_max + kRows;                                  // alpha of wg0's latest softmax
+  float* s_scale1 = s_scale0 + kRows;                               // alpha of wg1's latest softmax
+  // [piece parity][2 warpgroups][64 rows]: a piece's epilogue reads its
+  // slot after a __syncthreads, and the next write to that slot comes two
+  // pieces later, after another one (the next piece's write is ordered
+  // only through the named barriers, which racecheck does not follow).
+  float* red_sum = s_scale1 + kRows;
+  const uint32_t bars = smem_addr(red_sum + 4 * kRows);
+  // full[s][w]: warpgroup w's share of stage s landed; q_bar: the Q tile;
+  // scale1_bar: wg1's softmax of a pair wrote the maxima and its scale.
+  auto full_bar = [&](int s, int w) { return bars + 16 * s + 8 * w; };
+  const uint32_t q_bar = bars + 32;
+  const uint32_t scale1_bar = bars + 40;
 
   const Schedule sched{reinterpret_cast<const int*>(p.sched), p.batch};
   const int per = sched.per_part();
-  const int part = blockIdx.x;
+  // The query tiles of one part are consecutive CTAs, so they start
+  // together on neighbouring SMs and the second one's reads of each block
+  // hit in L2 (FlashMLA orders its grid the same way).
+  const int cta = blockIdx.x + gridDim.x * blockIdx.y;
+  const int part = cta / gridDim.y;
   const PartView view{sched.prefix(), reinterpret_cast<const int*>(p.seq_lens), p.batch, part * per, part * per + per - 1};
-  const int row0 = blockIdx.y * kRows;
+  const int row0 = (cta % gridDim.y) * kRows;
   const int R = p.s_q * p.h_q;
   const int w = threadIdx.x >> 7;  // warpgroup
   const int t = threadIdx.x & 127;
   const int lane = threadIdx.x & 31;
   const int frag_row = 16 * ((threadIdx.x >> 5) & 3) + (lane >> 2);  // and frag_row + 8
+  const __nv_bfloat16* q = reinterpret_cast<const __nv_bfloat16*>(p.q);
 #ifdef MLA_TRACE
-  unsigned long long trace[12] = {};
   const long long t_begin = clock64();
 #endif
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < 2; ++s) {
-      mbar_init(full_bar(s), 128);
-      mbar_init(empty_bar(s), 4);
-      mbar_init(pub_bar(s), 128);
-    }
+    for (int s = 0; s < 2; ++s)
+      for (int v = 0; v < 2; ++v) mbar_init(full_bar(s, v), 1);
+    mbar_init(q_bar, 128);
+    mbar_init(scale1_bar, 128);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
-  // Warpgroup w copies the blocks of chain parity 1 - w: first block 1 - w,
-  // then block x + 2 after its P V of block x.
-  // The page of the next block to copy is read one copy ahead, off the
-  // warpgroup's path (measured neutral, kept for the simpler copy call).
-  const int* table = reinterpret_cast<const int*>(p.block_table);
-  PartCursor copy_cur;
-  int copy_page = 0;
-  auto advance_copy = [&]() {  // two blocks on in the chain, and that block's page
-    if (copy_cur.b < p.batch) view.next(copy_cur);
-    if (copy_cur.b < p.batch) view.next(copy_cur);
-    if (copy_cur.b < p.batch) copy_page = table[static_cast<size_t>(copy_cur.b) * p.max_pages + copy_cur.k];
-  };
-  view.seek(copy_cur, sched.part_start()[part]);
-  if (w == 0 && copy_cur.b < p.batch) view.next(copy_cur);
-  if (copy_cur.b < p.batch) {
-    copy_page = table[static_cast<size_t>(copy_cur.b) * p.max_pages + copy_cur.k];
-    copy_block(stage_addr(1 - w), copy_cur, copy_page, p, t, full_bar(1 - w));
-  }
-  advance_copy();
-  // After this warpgroup's P V of block x (owned by the other): the other's
-  // P V of x is done too, so x's stage takes block x + 2.
-  auto copy_next = [&](int x) {
-    mbar_wait(empty_bar(x & 1), (x >> 1) & 1);
-    if (copy_cur.b < p.batch) copy_block(stage_addr(x & 1), copy_cur, copy_page, p, t, full_bar(x & 1));
-    advance_copy();
-  };
-
-  const __nv_bfloat16* q = reinterpret_cast<const __nv_bfloat16*>(p.q);
   PartCursor cur;
   view.seek(cur, sched.part_start()[part]);
-  int j = 0;  // chain index of the piece's first block
-  while (cur.b < p.batch) {
-    const int b = cur.b, len = cur.len, k0 = cur.k, k1 = cur.k1;
-    load_q(smem, q + (static_cast<size_t>(b) * R + row0) * kD, min(kRows, R - row0));
-    fence_proxy_async();
-    __syncthreads();
+  if (cur.b >= p.batch) return;
+  // The first piece's Q and first two blocks; later pieces get theirs
+  // from the previous piece's last pair and epilogue.
+  copy_share(stage0, 0, w, block_source(cur, 0, p), p, t, full_bar(0, w));
+  if (cur.blocks() > 1) copy_share(stage1, 1, w, block_source(cur, 1, p), p, t, full_bar(1, w));
+  if (w == 1) load_q_async(q_tile, q + (static_cast<size_t>(cur.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
 
-    float o[32][4];
-#pragma unroll
-    for (int i = 0; i < 32; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
-    float m_run[2] = {-INFINITY, -INFINITY};
-    float l_run[2] = {0.f, 0.f};
+  // Parity of the next block each stage delivers, and of the next Q.
+  int phase[2] = {0, 0};
+  int q_phase = 0, scale1_phase = 0;
+  int piece = 0;  // pieces done, for red_sum's slot
+  while (cur.b < p.batch) {
+    TRACE_START();
+    const int b = cur.b, len = cur.len, k0 = cur.k, n = cur.blocks();
+    PartCursor nxt;
+    view.seek(nxt, b + 1);
     int limit[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int r = row0 + frag_row + 8 * i;
       limit[i] = r < R ? len - p.s_q + r / p.h_q : len - 1;
     }
-    // The other warpgroup's block jx: take its maxima, rescale, O += P V_jx
-    // (left in flight; the caller waits).
-    auto other_block = [&](int jx) {
-      const int s = jx & 1;
-      TRACE_START(tw);
-      mbar_wait(pub_bar(s), (jx >> 1) & 1);
-      TRACE_ADD(0, tw);  // waiting for the other's softmax
-      float alpha[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const float m_new = fmaxf(m_run[i], m_slot[s * kRows + frag_row + 8 * i]);
-        const float sub = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
-        alpha[i] = exp2f(m_run[i] * p.scale_log2 - sub);
-        m_run[i] = m_new;
-        l_run[i] *= alpha[i];
-      }
-      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          o[n][0] *= alpha[0];
-          o[n][1] *= alpha[0];
-          o[n][2] *= alpha[1];
-          o[n][3] *= alpha[1];
-        }
-      }
-      pv_issue(o, stage_addr(s), w);
-    };
 
-    // Every wgmma is issued and waited for within one pass of this loop:
-    // with a P V in flight across the back edge, ptxas serializes all of
-    // the kernel's wgmmas (C7514/C7518).
-    const int jb = j, je = j + (k1 - k0);
-    for (int jo = jb + ((w - jb) & 1); jo <= je; jo += 2) {
-      const int k = k0 + (jo - jb);
-      const int s = jo & 1;
-      const uint32_t stage = stage_addr(s);
-      if (jo > jb) {
-        // The previous (other's) block first, and its stage's refill before
-        // waiting for this block's copy: refilling only after this block
-        // landed would leave one block copy in flight at a time.
-        other_block(jo - 1);
-        TRACE_START(tp);
-        wgmma_wait<0>();
-        TRACE_ADD(1, tp);  // its P V
-        copy_next(jo - 1);
-        TRACE_ADD(2, tp);  // the refill (incl. waiting for the other's P V)
-      }
-
-      // Own block: S = Q K^T over all 64 keys.
-      TRACE_START(to);
-      mbar_wait(full_bar(s), (jo >> 1) & 1);
-      TRACE_ADD(3, to);  // waiting for this block's copy
-      fence_proxy_async();
-      float sc[32] = {};
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const uint32_t k_off = (kk >> 2) * kPanelBytes + (kk & 3) * 32;
-        wgmma_m64n64k16(sc, smem_desc(q_tile + k_off, 16, 1024), smem_desc(stage + k_off, 16, 1024), kk > 0);
-      }
+    mbar_wait(q_bar, q_phase);
+    q_phase ^= 1;
+    fence_proxy_async();
+    PHASE(10);
+    // Each warpgroup's first S: wg0 block 0, wg1 block 1.
+    float sc[32];
+    if (w == 0) {
+      mbar_wait(full_bar(0, 0), phase[0]);
+      mbar_wait(full_bar(0, 1), phase[0]);
+            wgmma_fence();
+      qk_panel<0, true>(sc, q_tile, stage0);
+      qk_panel<1>(sc, q_tile, stage0);
+      qk_panel<2>(sc, q_tile, stage0);
+      qk_panel<3>(sc, q_tile, stage0);
+      qk_panel<4>(sc, q_tile, stage0);
+      qk_panel<5>(sc, q_tile, stage0);
+      qk_panel<6>(sc, q_tile, stage0);
+      qk_panel<7>(sc, q_tile, stage0);
+      qk_panel<8>(sc, q_tile, stage0);
       wgmma_commit();
-      wgmma_wait<0>();
-      TRACE_ADD(4, to);  // QK^T
-
-      // Mask, row maxima (all 64 keys are this warpgroup's), softmax.
-      float mx[2] = {-INFINITY, -INFINITY};
-      const int key0 = k * kBlock + 2 * (lane & 3);
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + 8 * n + (e & 1);
-          if (key > limit[e >> 1]) sc[4 * n + e] = -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], sc[4 * n + e]);
-        }
-      float sub[2], alpha[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float m_new = fmaxf(m_run[i], mx[i]);
-        sub[i] = m_new == -INFINITY ? 0.f : m_new * p.scale_log2;
-        alpha[i] = exp2f(m_run[i] * p.scale_log2 - sub[i]);
-        m_run[i] = m_new;
-        l_run[i] *= alpha[i];
-        if ((lane & 3) == 0) m_slot[s * kRows + frag_row + 8 * i] = m_new;
+    } else {
+      // A one-block piece has no block 1: the product then runs on the Q
+      // tile (never on a stage the next piece's copies may be filling)
+      // and its softmax discards it, since a wgmma under a runtime branch
+      // would serialize them all.
+      uint32_t kv = q_tile;
+      if (n > 1) {
+        mbar_wait(full_bar(1, 1), phase[1]);
+        mbar_wait(full_bar(1, 0), phase[1]);
+                kv = stage1;
       }
-      const uint32_t p_tile = stage + 8 * kPanelBytes;
+      wgmma_fence();
+      qk_panel<4, true>(sc, q_tile, kv);
+      qk_panel<5>(sc, q_tile, kv);
+      qk_panel<6>(sc, q_tile, kv);
+      qk_panel<7>(sc, q_tile, kv);
+      qk_panel<0>(sc, q_tile, kv);
+      qk_panel<1>(sc, q_tile, kv);
+      qk_panel<2>(sc, q_tile, kv);
+      qk_panel<3>(sc, q_tile, kv);
+      qk_panel<8>(sc, q_tile, kv);
+      wgmma_commit();
+    }
+    wgmma_wait<0>();
+    PHASE(6);
+
+    float o[32][4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        float pr[4];
+    for (int i = 0; i < 32; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          pr[e] = exp2f(sc[4 * n + e] * p.scale_log2 - sub[e >> 1]);
-          l_run[e >> 1] += pr[e];
+      for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+    float l[2] = {0.f, 0.f};
+
+    // One pair of blocks, i0 and i0 + 1. The flags are compile-time so that
+    // no wgmma sits under a runtime branch (ptxas then serializes every
+    // wgmma of the kernel, C7520): kQk0 / kQk1 whether blocks i0 + 2 /
+    // i0 + 3 exist (each warpgroup's next QK^T), kHas1 whether i0 + 1 does.
+    int i0 = 0;
+    auto pair = [&](auto qk0_flag, auto qk1_flag, auto has1_flag) {
+      constexpr bool kQk0 = decltype(qk0_flag)::value;
+      constexpr bool kQk1 = decltype(qk1_flag)::value;
+      constexpr bool kHas1 = decltype(has1_flag)::value;
+      // The blocks the stages take next: this piece's next pair, or in
+      // its last pair the next piece's first two blocks.
+      const PartCursor& next = kQk0 ? cur : nxt;
+      const int j0 = kQk0 ? i0 + 2 : 0;
+      const bool fill0 = kQk0 || nxt.b < p.batch;
+      const bool fill1 = kQk0 ? kQk1 : nxt.b < p.batch && nxt.blocks() > 1;
+      const BlockSource src0 = fill0 ? block_source(next, j0, p) : BlockSource{};
+      const BlockSource src1 = fill1 ? block_source(next, j0 + 1, p) : BlockSource{};
+      const int key0 = (k0 + i0) * kBlock + 2 * (lane & 3);
+      const int valid0 = len - (k0 + i0) * kBlock, valid1 = valid0 - kBlock;  // rows of blocks i0, i0 + 1 (>= 64: all)
+      uint32_t pb[4][4];
+      float m_old[2], m_new[2], alpha[2];
+      TRACE_START();
+      if (w == 0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) m_old[i] = i0 == 0 ? -INFINITY : s_max[frag_row + 8 * i];
+        softmax_block(sc, true, key0, limit, p.scale_log2, m_old, m_new, alpha, l);
+        rescale(o, alpha);
+        __syncwarp();
+        if ((lane & 3) == 0)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            s_max[frag_row + 8 * i] = m_new[i];
+            s_scale0[frag_row + 8 * i] = alpha[i];
+          }
+        bar_arrive(kScale0Ready);
+        pack_p(sc, pb);
+        PHASE(1);
+        zero_tail(stage0, 0, valid0, t);
+        pv_registers(o, pb, stage0, 0);  // O_L += P0 V0_L
+        wgmma_wait<0>();
+        keep_alive(pb);
+        PHASE(2);
+        if (fill0) copy_share(stage0, 0, 0, src0, p, t, full_bar(0, 0));  // V0_L is free
+        PHASE(3);
+        mbar_wait(scale1_bar, scale1_phase);
+        scale1_phase ^= 1;
+        PHASE(0);
+        float s1[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) s1[i] = s_scale1[frag_row + 8 * i];
+        store_p(sc, s1, stage0, frag_row, lane);  // P0 in m1's units, for wg1
+        fence_proxy_async();
+        bar_arrive(kP0Ready);
+        PHASE(1);
+        bar_sync(kP1Ready);
+        PHASE(0);
+        rescale(o, s1);
+        l[0] *= s1[0];
+        l[1] *= s1[1];
+        if constexpr (kHas1) {
+          mbar_wait(full_bar(1, 0), phase[1]);  // V1_L: this warpgroup's own copies
+          zero_tail(stage1, 0, valid1, t);
+          pv_shared(o, stage1, 0);  // O_L += P1 V1_L
         }
-        const int col = 8 * n + 2 * (lane & 3);
+        PHASE(2);
+        if constexpr (kQk0) {
+          mbar_wait(full_bar(0, 0), phase[0] ^ 1);
+          PHASE(4);
+                    wgmma_fence();
+          qk_panel<0, true>(sc, q_tile, stage0);
+          qk_panel<1>(sc, q_tile, stage0);
+          qk_panel<2>(sc, q_tile, stage0);
+          qk_panel<3>(sc, q_tile, stage0);
+          wgmma_commit();
+          PHASE(5);
+        }
+        if constexpr (kHas1) {
+          if constexpr (kQk0) {
+            wgmma_wait<1>();  // P1 V1_L done: stage 1's V_L and P1 are free
+          } else {
+            wgmma_wait<0>();
+          }
+        }
+        PHASE(2);
+        if (fill1) copy_share(stage1, 1, 0, src1, p, t, full_bar(1, 0));
+        PHASE(3);
+        if constexpr (kQk0) {
+          mbar_wait(full_bar(0, 1), phase[0] ^ 1);
+          PHASE(4);
+                    wgmma_fence();
+          qk_panel<4>(sc, q_tile, stage0);
+          qk_panel<5>(sc, q_tile, stage0);
+          qk_panel<6>(sc, q_tile, stage0);
+          qk_panel<7>(sc, q_tile, stage0);
+          qk_panel<8>(sc, q_tile, stage0);
+          wgmma_commit();
+        }
+        wgmma_wait<0>();
+        PHASE(5);
+      } else {
+        bar_sync(kScale0Ready);
+        PHASE(0);
+        // O_R and l are in the units of the previous pair's m1: wg0's
+        // scale0 takes them to m0, this softmax's alpha to m1.
+        float s0[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const __nv_bfloat162 v = __floats2bfloat162_rn(pr[2 * i], pr[2 * i + 1]);
-          const uint32_t addr = p_tile + tile_offset(frag_row + 8 * i, col & ~7) + (col & 7) * 2;
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&v)) : "memory");
+          m_old[i] = s_max[frag_row + 8 * i];
+          s0[i] = s_scale0[frag_row + 8 * i];
+          l[i] *= s0[i];
         }
-      }
-      fence_proxy_async();
-      mbar_arrive(pub_bar(s));
-      mbar_wait(pub_bar(s), (jo >> 1) & 1);  // the whole P tile is written
-      TRACE_ADD(5, to);  // softmax and publishing
-
-      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+        softmax_block(sc, kHas1, key0 + kBlock, limit, p.scale_log2, m_old, m_new, alpha, l);
+        float scale_o[2];
 #pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          o[n][0] *= alpha[0];
-          o[n][1] *= alpha[0];
-          o[n][2] *= alpha[1];
-          o[n][3] *= alpha[1];
+        for (int i = 0; i < 2; ++i) scale_o[i] = alpha[i] * s0[i];
+        rescale(o, scale_o);
+        __syncwarp();
+        if ((lane & 3) == 0)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            s_max[frag_row + 8 * i] = m_new[i];
+            s_scale1[frag_row + 8 * i] = alpha[i];
+          }
+        mbar_arrive(scale1_bar);  // every thread: its writes are released
+        if constexpr (!kQk0) {
+          // The piece's last pair: every QK^T of the piece is done (wg0's
+          // before its scale0 above), so the next piece's Q may land now.
+          if (nxt.b < p.batch)
+            load_q_async(q_tile, q + (static_cast<size_t>(nxt.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
         }
+        PHASE(1);
+        if constexpr (kHas1) {
+          const float one[2] = {1.f, 1.f};
+          store_p(sc, one, stage1, frag_row, lane);  // P1 for wg0
+          fence_proxy_async();
+          pack_p(sc, pb);
+          zero_tail(stage1, 1, valid1, t);
+          pv_registers(o, pb, stage1, 1);  // O_R += P1 V1_R
+        }
+        PHASE(2);
+        bar_sync(kP0Ready);
+        PHASE(0);
+        mbar_wait(full_bar(0, 1), phase[0]);  // V0_R: this warpgroup's own copies
+        zero_tail(stage0, 1, valid0, t);
+        pv_shared(o, stage0, 1);  // O_R += P0 V0_R
+        bar_arrive(kP1Ready);
+        if constexpr (kHas1) {
+          wgmma_wait<1>();  // P1 V1_R done: stage 1's V_R is free
+          keep_alive(pb);
+        }
+        PHASE(2);
+        if (fill1) copy_share(stage1, 1, 1, src1, p, t, full_bar(1, 1));
+        PHASE(3);
+        wgmma_wait<0>();  // P0 V0_R done: stage 0's V_R and P0 are free
+        PHASE(2);
+        if (fill0) copy_share(stage0, 0, 1, src0, p, t, full_bar(0, 1));
+        PHASE(3);
+        if constexpr (kQk1) {
+          mbar_wait(full_bar(1, 1), phase[1] ^ 1);
+          PHASE(4);
+                    wgmma_fence();
+          qk_panel<4, true>(sc, q_tile, stage1);
+          qk_panel<5>(sc, q_tile, stage1);
+          qk_panel<6>(sc, q_tile, stage1);
+          qk_panel<7>(sc, q_tile, stage1);
+          wgmma_commit();
+          PHASE(5);
+          mbar_wait(full_bar(1, 0), phase[1] ^ 1);
+          PHASE(4);
+                    wgmma_fence();
+          qk_panel<0>(sc, q_tile, stage1);
+          qk_panel<1>(sc, q_tile, stage1);
+          qk_panel<2>(sc, q_tile, stage1);
+          qk_panel<3>(sc, q_tile, stage1);
+          qk_panel<8>(sc, q_tile, stage1);
+          wgmma_commit();
+        }
+        wgmma_wait<0>();
+        PHASE(5);
       }
-      pv_issue(o, stage, w);
-      wgmma_wait<0>();
-      __syncwarp();
-      if (lane == 0) mbar_arrive(empty_bar(s));
-      TRACE_ADD(6, to);  // own P V
 #ifdef MLA_TRACE
-      if (t == 0) trace[7] += 1;
+      if (t == 0) atomicAdd(&g_mla_trace[w][7], 1ull);
 #endif
+      phase[0] ^= 1;
+      if (kHas1) phase[1] ^= 1;
+      i0 += 2;
+    };
+    using Yes = Flag<true>;
+    using No = Flag<false>;
+    while (i0 + 3 < n) pair(Yes{}, Yes{}, Yes{});
+    if (i0 + 2 < n) pair(Yes{}, No{}, Yes{});  // n odd: the last pair has one block
+    if (i0 + 1 < n) {
+      pair(No{}, No{}, Yes{});
+    } else {
+      pair(No{}, No{}, No{});
     }
-    if ((je & 1) != w) {  // the piece ends with the other's block
-      other_block(je);
-      wgmma_wait<0>();
-      copy_next(je);
-    }
-    j = je + 1;
-    // Epilogue: both halves share the maxima; the denominators add up.
+
+    TRACE_RESET();
+    // Epilogue: the last softmax (wg1's) left the final maxima; both
+    // halves of O and both partial denominators are in its units.
+    float m_fin[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-      if ((lane & 3) == 0) red_sum[w * kRows + frag_row + 8 * i] = l_run[i];
+      m_fin[i] = s_max[frag_row + 8 * i];
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+      if ((lane & 3) == 0) red_sum[(piece & 1) * 2 * kRows + w * kRows + frag_row + 8 * i] = l[i];
     }
     __syncthreads();
     const int first = sched.prefix()[b] + kOverhead;
@@ -982,15 +1261,16 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       const int r = frag_row + 8 * i;
       const int row = row0 + r;
       if (row >= R) continue;
-      const float l = red_sum[r] + red_sum[kRows + r];
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const float lse = l > 0.f ? m_run[i] * p.scale + logf(l) : -INFINITY;
+      const float lt = red_sum[(piece & 1) * 2 * kRows + r] + red_sum[(piece & 1) * 2 * kRows + kRows + r];
+      const float inv = lt > 0.f ? 1.f / lt : 0.f;
+      const float lse = lt > 0.f ? m_fin[i] * 0.6931471805599453f + logf(lt) : -INFINITY;
       if (whole) {
         __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV;
 #pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          const int col = 256 * w + 8 * n + 2 * (lane & 3);
-          *reinterpret_cast<__nv_bfloat162*>(out + col) = __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        for (int n8 = 0; n8 < 32; ++n8) {
+          const int col = 256 * w + 8 * n8 + 2 * (lane & 3);
+          *reinterpret_cast<__nv_bfloat162*>(out + col) =
+              __floats2bfloat162_rn(o[n8][2 * i] * inv, o[n8][2 * i + 1] * inv);
         }
         if (w == 0 && (lane & 3) == 0) {
           const int sq = row / p.h_q, head = row % p.h_q;
@@ -999,28 +1279,26 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       } else {
         float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV;
 #pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          const int col = 256 * w + 8 * n + 2 * (lane & 3);
-          *reinterpret_cast<float2*>(out + col) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        for (int n8 = 0; n8 < 32; ++n8) {
+          const int col = 256 * w + 8 * n8 + 2 * (lane & 3);
+          *reinterpret_cast<float2*>(out + col) = make_float2(o[n8][2 * i] * inv, o[n8][2 * i + 1] * inv);
         }
         if (w == 0 && (lane & 3) == 0) reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
       }
     }
-    view.seek(cur, b + 1);
+    PHASE(11);
+    // The next piece's s_max is first read after wg0's first softmax
+    // rewrote it.
+    cur = nxt;
+    ++piece;
 #ifdef MLA_TRACE
-    if (t == 0) trace[8] += 1;
+    if (t == 0) atomicAdd(&g_mla_trace[w][8], 1ull);
 #endif
-    // The next piece's Q overwrites q_tile: every QK^T of this piece was
-    // waited for before the barrier above; red_sum is rewritten only after
-    // the next piece's barriers.
   }
 #ifdef MLA_TRACE
-  trace[9] = clock64() - t_begin;
-  if (t == 0)
-    for (int i = 0; i < 10; ++i) atomicAdd(&g_mla_trace[w][i], trace[i]);
+  if (t == 0) atomicAdd(&g_mla_trace[w][9], static_cast<unsigned long long>(clock64() - t_begin));
 #endif
 }
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_mma(MlaDecodeParams p) {

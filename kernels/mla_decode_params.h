@@ -50,8 +50,15 @@ typedef struct MlaDecodeParams {
 	int32_t num_parts; /* grid.x of the decode kernel */
 	float scale;       /* softmax scale applied to q.k */
 	float scale_log2;  /* scale * log2(e) */
-	int32_t reserved;
+	int32_t kv_row0;   /* the layer's first row in kv_map */
+	uint64_t kv_map;   /* CUtensorMap (device memory) over the whole cache as
+	                      [rows][576] bf16: 64 x 64 boxes, 128-byte swizzle;
+	                      read by mla_decode_seesaw's bulk tensor copies */
 } MlaDecodeParams;
+
+/* The tensor map kv_map describes (cuTensorMapEncodeTiled). */
+#define MLA_KV_MAP_BYTES 128
+#define MLA_KV_MAP_BOX 64
 
 /* Row copies between a host staging buffer (already on the device) and one
  * layer of the paged cache: rows[i] <-> cache[slots[i]]. */

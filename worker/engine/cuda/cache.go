@@ -18,6 +18,9 @@ type Cache struct {
 	e     *Engine
 	shape engine.CacheShape
 	ptr   cu.DevicePtr // 0 once closed; guarded by e.mu
+	// kvMap is the tensor map over all layers' rows that the seesaw
+	// kernel's bulk copies read (device memory, kvMapBytes).
+	kvMap cu.DevicePtr
 	// staging for WriteRows/ReadRows, guarded by e.mu
 	rows, slots deviceBuffer
 }
@@ -30,8 +33,11 @@ const rowBytes = engine.RowDim * 2
 func (c *Cache) Shape() engine.CacheShape { return c.shape }
 
 func (c *Cache) layer(l int) cu.DevicePtr {
-	return c.ptr + cu.DevicePtr(int64(l)*int64(c.shape.Pages)*engine.PageSize*rowBytes)
+	return c.ptr + cu.DevicePtr(int64(c.layerRow0(l))*rowBytes)
 }
+
+// layerRow0 is the first row of layer l, in kvMap's rows.
+func (c *Cache) layerRow0(l int) int { return l * c.shape.Pages * engine.PageSize }
 
 func (c *Cache) checkRows(layer int, slots []int32, rows []uint16) error {
 	if layer < 0 || layer >= c.shape.Layers {
@@ -122,7 +128,10 @@ func (c *Cache) Close() error {
 		if ferr := cu.MemFree(c.ptr); ferr != nil {
 			err = errors.Join(err, fmt.Errorf("cuda cache: freeing: %w", ferr))
 		}
-		c.ptr = 0
+		if ferr := cu.MemFree(c.kvMap); ferr != nil {
+			err = errors.Join(err, fmt.Errorf("cuda cache: freeing its tensor map: %w", ferr))
+		}
+		c.ptr, c.kvMap = 0, 0
 		return err
 	})
 }

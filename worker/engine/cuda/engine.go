@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -224,13 +225,26 @@ func (e *Engine) NewCache(shape engine.CacheShape) (engine.Cache, error) {
 	if shape.Layers < 1 || shape.Pages < 1 {
 		return nil, fmt.Errorf("cuda engine: cache shape %+v needs at least one layer and page", shape)
 	}
+	// The tensor map addresses rows with 32-bit signed coordinates.
+	rows := int64(shape.Layers) * int64(shape.Pages) * engine.PageSize
+	if rows > math.MaxInt32 {
+		return nil, fmt.Errorf("cuda engine: cache shape %+v has %d rows, more than the kernel addresses (%d)", shape, rows,
+			math.MaxInt32)
+	}
 	c := &Cache{e: e, shape: shape}
 	err := e.do(func() error {
 		p, err := cu.MemAlloc(shape.Bytes())
 		if err != nil {
 			return fmt.Errorf("cuda engine: allocating a %d-byte cache: %w", shape.Bytes(), err)
 		}
-		c.ptr = p
+		m, err := cu.MemAlloc(kvMapBytes)
+		if err != nil {
+			return errors.Join(fmt.Errorf("cuda engine: allocating the cache's tensor map: %w", err), cu.MemFree(p))
+		}
+		if err := makeKVMap(m, p, rows); err != nil {
+			return errors.Join(fmt.Errorf("cuda engine: cache tensor map: %w", err), cu.MemFree(m), cu.MemFree(p))
+		}
+		c.ptr, c.kvMap = p, m
 		return nil
 	})
 	if err != nil {
@@ -276,7 +290,8 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			return err
 		}
 		p := makeDecodeParams(decodeArgs{
-			q: s.q.ptr, cache: cache.layer(req.Layer), table: s.table.ptr, lens: s.lens.ptr,
+			q: s.q.ptr, cache: cache.layer(req.Layer), kvMap: cache.kvMap, kvRow0: cache.layerRow0(req.Layer),
+			table: s.table.ptr, lens: s.lens.ptr,
 			out: s.out.ptr, lse: s.lse.ptr, sched: s.sched.ptr,
 			partialOut: s.partialOut.ptr, partialLSE: s.partialLSE.ptr,
 			batch: req.Batch, sq: req.SQ, heads: req.Heads, maxPages: req.MaxPages, parts: parts,

@@ -3,8 +3,9 @@
 package cuda
 
 // The driver calls gorgonia.org/cu lacks: raising a function's dynamic
-// shared-memory limit above 48 KiB, and launching with a by-value struct
-// parameter (cu's Launch copies 8 bytes per parameter).
+// shared-memory limit above 48 KiB, launching with a by-value struct
+// parameter (cu's Launch copies 8 bytes per parameter), and encoding the
+// tensor map the seesaw kernel's bulk copies read.
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../../kernels
@@ -25,6 +26,33 @@ static CUresult mla_launch(CUfunction f, unsigned gx, unsigned gy, unsigned bloc
 }
 
 static int mla_sched_ints(int batch, int parts) { return MLA_SCHED_INTS(batch, parts); }
+
+// cuTensorMapEncodeTiled came with CUDA 12 and the headers this package
+// builds against are CUDA 11.8's, so it is looked up in the driver at run
+// time and its types and enum values are spelled out here (CUDA 12's
+// cuda.h: CUtensorMap is 128 bytes aligned to 64; BFLOAT16 = 9,
+// INTERLEAVE_NONE = 0, SWIZZLE_128B = 3, L2_PROMOTION_L2_256B = 3,
+// FLOAT_OOB_FILL_NONE = 0).
+typedef struct { __attribute__((aligned(64))) unsigned char bytes[MLA_KV_MAP_BYTES]; } mla_tensor_map;
+typedef CUresult (*mla_encode_tiled_fn)(mla_tensor_map*, int, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                        const cuuint32_t*, const cuuint32_t*, int, int, int, int);
+
+// Encodes the map over rows x 576 bf16 at base (kernels/mla_decode_params.h,
+// kv_map) and copies it to dst, MLA_KV_MAP_BYTES of device memory.
+static CUresult mla_make_kv_map(CUdeviceptr dst, CUdeviceptr base, cuuint64_t rows) {
+	void* sym = NULL;
+	CUresult r = cuGetProcAddress("cuTensorMapEncodeTiled", &sym, 12000, CU_GET_PROC_ADDRESS_DEFAULT);
+	if (r != CUDA_SUCCESS) return r;
+	if (sym == NULL) return CUDA_ERROR_NOT_SUPPORTED;
+	mla_tensor_map map;
+	const cuuint64_t dims[2] = {MLA_HEAD_DIM, rows};
+	const cuuint64_t strides[1] = {MLA_HEAD_DIM * 2};
+	const cuuint32_t box[2] = {MLA_KV_MAP_BOX, MLA_KV_MAP_BOX};
+	const cuuint32_t elem[2] = {1, 1};
+	r = ((mla_encode_tiled_fn)sym)(&map, 9, 2, (void*)base, dims, strides, box, elem, 0, 3, 3, 0);
+	if (r != CUDA_SUCCESS) return r;
+	return cuMemcpyHtoD(dst, &map, sizeof(map));
+}
 
 static const char* mla_error_name(CUresult r) {
 	const char* s = NULL;
@@ -60,9 +88,9 @@ type rowCopyParams = C.MlaRowCopyParams
 
 // decodeArgs is MlaDecodeParams in Go types.
 type decodeArgs struct {
-	q, cache, table, lens, out, lse, sched, partialOut, partialLSE cu.DevicePtr
-	batch, sq, heads, maxPages, parts                              int
-	scale                                                          float32
+	q, cache, table, lens, out, lse, sched, partialOut, partialLSE, kvMap cu.DevicePtr
+	batch, sq, heads, maxPages, parts, kvRow0                             int
+	scale                                                                 float32
 }
 
 const log2e = 1.4426950408889634
@@ -85,6 +113,8 @@ func makeDecodeParams(a decodeArgs) decodeParams {
 		num_parts:   C.int32_t(a.parts),
 		scale:       C.float(a.scale),
 		scale_log2:  C.float(a.scale * log2e),
+		kv_row0:     C.int32_t(a.kvRow0),
+		kv_map:      C.uint64_t(a.kvMap),
 	}
 }
 
@@ -124,3 +154,11 @@ func launchRowCopy(f cu.Function, gridX, block int, s cu.Stream, p *rowCopyParam
 }
 
 func schedInts(batch, parts int) int { return int(C.mla_sched_ints(C.int(batch), C.int(parts))) }
+
+// kvMapBytes is the device memory a cache's tensor map takes.
+const kvMapBytes = int64(C.MLA_KV_MAP_BYTES)
+
+// makeKVMap encodes the tensor map over rows cache rows at base into dst.
+func makeKVMap(dst, base cu.DevicePtr, rows int64) error {
+	return cuErr(C.mla_make_kv_map(C.CUdeviceptr(dst), C.CUdeviceptr(base), C.cuuint64_t(rows)), "cuTensorMapEncodeTiled")
+}
