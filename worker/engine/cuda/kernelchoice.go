@@ -20,11 +20,12 @@ const (
 const DefaultKernel = KernelAuto
 
 // seesawMinMeanLen is the mean sequence length from which auto prefers
-// seesaw for multi-tile queries. Measured side by side (H100 and H200,
-// 2026-11-27, docs/kernel-notes.md v9): at h_q = 128 seesaw is 1-6% ahead
-// of wgmma from s_k = 4096 on H100 (5-11% on H200) and 9-14% on mixed
-// lengths and s_q = 2, but 6-8% behind at s_k = 1024, where its
-// per-sequence Q load is not overlapped with the first block's copy.
+// seesaw for multi-tile queries. Measured side by side (H100, 2026-11-27,
+// v10, docs/benchmarks.md): at h_q = 128 seesaw runs 1.14-1.17x as fast
+// as wgmma at s_k = 4096 and 1.21-1.28x from s_k = 16384, 1.10x on mixed
+// lengths, 1.13-1.29x at s_q = 2; at s_k = 1024 it is 1.03x for b = 64 but
+// 0.91x for b = 128, where its per-sequence costs (the first products of
+// both warpgroups, the epilogue) weigh most.
 const seesawMinMeanLen = 2048
 
 // decodeFunctionName is the module function that a decode call with the
