@@ -85,7 +85,9 @@ if has sanitize; then
 	for tool in memcheck racecheck; do
 		step "compute-sanitizer $tool"
 		timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 /tmp/mla_bench check >"$R/sanitizer-$tool.log" 2>&1
-		echo "exit $?"; tail -n 5 "$R/sanitizer-$tool.log"
+		rc=$?
+		echo "exit $rc"; tail -n 5 "$R/sanitizer-$tool.log"
+		[[ $rc == 0 ]] || status=1
 	done
 fi
 
