@@ -179,13 +179,8 @@ func (e *Engine) load(image []byte) error {
 			return fmt.Errorf("cuda engine: kernel %s: %w", n.name, err)
 		}
 	}
-	// Every (tiles, mean length) class decodeFunctionName distinguishes.
 	e.fn.decode = map[string]cu.Function{}
-	for _, c := range []struct{ tiles, meanLen int }{{1, 0}, {2, 0}, {2, seesawMinMeanLen}} {
-		name := decodeFunctionName(e.kernel, c.tiles, c.meanLen)
-		if _, ok := e.fn.decode[name]; ok {
-			continue
-		}
+	for _, name := range decodeFunctionNames(e.kernel) {
 		f, err := e.mod.Function(name)
 		if err != nil {
 			return fmt.Errorf("cuda engine: kernel %s: %w", name, err)

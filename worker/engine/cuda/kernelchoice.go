@@ -43,6 +43,15 @@ func decodeFunctionName(kernel string, tiles int, meanLen int) string {
 	return "mla_decode_" + kernel
 }
 
+// decodeFunctionNames are the module functions decodeFunctionName can
+// return for kernel: the ones an engine of that variant loads.
+func decodeFunctionNames(kernel string) []string {
+	if kernel == KernelAuto {
+		return []string{"mla_decode_" + KernelWGMMA, "mla_decode_" + KernelSeesaw}
+	}
+	return []string{"mla_decode_" + kernel}
+}
+
 // meanLen is the mean of a batch's sequence lengths (0 for none).
 func meanLen(lens []int32) int {
 	if len(lens) == 0 {

@@ -1,6 +1,9 @@
 package cuda
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestDecodeFunctionName(t *testing.T) {
 	for _, c := range []struct {
@@ -21,6 +24,22 @@ func TestDecodeFunctionName(t *testing.T) {
 	} {
 		if got := decodeFunctionName(c.kernel, c.tiles, c.meanLen); got != c.want {
 			t.Errorf("decodeFunctionName(%s, %d, %d) = %s, want %s", c.kernel, c.tiles, c.meanLen, got, c.want)
+		}
+	}
+}
+
+// An engine loads decodeFunctionNames(kernel) and nothing else, so every
+// choice decodeFunctionName makes must be among them.
+func TestDecodeFunctionNamesCoverEveryChoice(t *testing.T) {
+	for _, kernel := range []string{KernelAuto, KernelSeesaw, KernelWGMMA, KernelMMA} {
+		loaded := decodeFunctionNames(kernel)
+		for _, tiles := range []int{1, 2, 3, 4} {
+			for _, mean := range []int{0, 1, seesawMinMeanLen - 1, seesawMinMeanLen, 32768} {
+				if got := decodeFunctionName(kernel, tiles, mean); !slices.Contains(loaded, got) {
+					t.Errorf("kernel %s, %d tiles, mean length %d: decodeFunctionName = %s, not among the loaded %v",
+						kernel, tiles, mean, got, loaded)
+				}
+			}
 		}
 	}
 }
