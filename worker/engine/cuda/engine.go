@@ -223,8 +223,8 @@ func (e *Engine) NewCache(shape engine.CacheShape) (engine.Cache, error) {
 	// The tensor map addresses rows with 32-bit signed coordinates.
 	rows := int64(shape.Layers) * int64(shape.Pages) * engine.PageSize
 	if rows > math.MaxInt32 {
-		return nil, fmt.Errorf("cuda engine: cache shape %+v has %d rows, more than the kernel addresses (%d)", shape, rows,
-			math.MaxInt32)
+		return nil, fmt.Errorf("cuda engine: a cache of %d layers x %d pages is %d token rows; the decode kernel's "+
+			"tensor map addresses at most %d: use fewer pages", shape.Layers, shape.Pages, rows, math.MaxInt32)
 	}
 	c := &Cache{e: e, shape: shape}
 	err := e.do(func() error {
