@@ -334,12 +334,9 @@ func diagnose(t *testing.T, ctx context.Context, c client.Client, svcs []v1alpha
 		}
 	}
 	readyWorkers := 0
-	var statusAge, statusReportAge []time.Duration
+	var statusReportAge []time.Duration
 	for _, s := range svcs {
 		readyWorkers += int(s.Status.ReadyReplicas)
-		if cond := apimeta.FindStatusCondition(s.Status.Conditions, v1alpha1.ConditionReady); cond != nil {
-			statusAge = append(statusAge, now.Sub(cond.LastTransitionTime.Time))
-		}
 		for _, w := range s.Status.Workers {
 			if w.LastReportTime != nil {
 				statusReportAge = append(statusReportAge, now.Sub(w.LastReportTime.Time))
