@@ -19,7 +19,6 @@ package scale
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -50,6 +49,7 @@ import (
 	"github.com/mla-operator/mla-operator/internal/capacity"
 	"github.com/mla-operator/mla-operator/internal/localcluster"
 	"github.com/mla-operator/mla-operator/internal/localcluster/clusterconfig"
+	"github.com/mla-operator/mla-operator/internal/workerreport"
 	"github.com/mla-operator/mla-operator/test/builders"
 	"github.com/mla-operator/mla-operator/test/integration/framework"
 	"github.com/mla-operator/mla-operator/worker/report"
@@ -319,16 +319,15 @@ func diagnose(t *testing.T, ctx context.Context, c client.Client, svcs []v1alpha
 				podNotReady++
 			}
 		}
-		raw, ok := p.Annotations[v1alpha1.AnnotationReport]
-		if !ok {
+		r, err := workerreport.Parse(p)
+		switch {
+		case err != nil: // malformed: counted in neither
+		case r == nil:
 			noReport++
-			continue
-		}
-		var r v1alpha1.Report
-		if err := json.Unmarshal([]byte(raw), &r); err == nil {
+		default:
 			age := now.Sub(r.Time.Time)
 			annAge = append(annAge, age)
-			if age > 90*time.Second {
+			if age > workerreport.DefaultStaleAfter {
 				staleAnn++
 			}
 		}
@@ -351,8 +350,8 @@ func diagnose(t *testing.T, ctx context.Context, c client.Client, svcs []v1alpha
 		return fmt.Sprintf("p50 %s max %s", d[len(d)/2].Round(time.Second), d[len(d)-1].Round(time.Second))
 	}
 	t.Logf("DIAG nodes %d: %d not Ready, %d tainted", len(nodes.Items), notReadyNodes, taintedNodes)
-	t.Logf("DIAG worker pods %d: %d Running, %d not Ready, %d without report, %d with report older than 90 s; report age on the pods %s",
-		len(pods.Items), running, podNotReady, noReport, staleAnn, med(annAge))
+	t.Logf("DIAG worker pods %d: %d Running, %d not Ready, %d without report, %d with report older than %s; report age on the pods %s",
+		len(pods.Items), running, podNotReady, noReport, staleAnn, workerreport.DefaultStaleAfter, med(annAge))
 	t.Logf("DIAG services: %d ready workers counted in status; report age in status %s", readyWorkers, med(statusReportAge))
 	for _, name := range []string{"workqueue_adds_total", "workqueue_retries_total", "workqueue_depth", "workqueue_unfinished_work_seconds",
 		"controller_runtime_reconcile_total", "controller_runtime_reconcile_errors_total", "mla_operator_node_changes_total",
