@@ -148,12 +148,17 @@ func TestWorkerProcessServesAndDrainsOnSIGTERM(t *testing.T) {
 	if err := c.FreeSequence(ctx, seq.ID); err != nil {
 		t.Fatal(err)
 	}
+	// Wait for the reader to finish, not only for the exit, so that a last
+	// log line that is not JSON still fails the test: lines closes once
+	// the worker has exited and all its stderr was read.
+	drained := make(chan struct{})
 	go func() {
 		for range lines {
 		}
+		close(drained)
 	}()
 	select {
-	case <-proc.Done():
+	case <-drained:
 		if code := proc.ExitCode(); code != 0 {
 			t.Fatalf("worker exited with status %d after draining, want 0", code)
 		}
