@@ -179,8 +179,7 @@ func TestRequeueAfterTakesTheSoonestReason(t *testing.T) {
 }
 
 func TestOwnedByNeedsTheControllerReference(t *testing.T) {
-	svc := builders.MLAService("ns", "s").Obj()
-	svc.UID = types.UID("current")
+	svc := builders.MLAService("ns", "s").UID("current").Obj()
 	mine := builders.Pod("ns", "mine").WorkerOf("s").ControlledBy("s", "current").Obj()
 	previous := builders.Pod("ns", "previous").WorkerOf("s").ControlledBy("s", "deleted-service-of-the-same-name").Obj()
 	lookalike := builders.Pod("ns", "lookalike").WorkerOf("s").Obj()

@@ -18,14 +18,26 @@ import (
 	"github.com/mla-operator/mla-operator/test/builders"
 )
 
+// twoServices are two services of one namespace that share its worker
+// account.
+func twoServices() (a, b *v1alpha1.MLAService) {
+	return builders.MLAService("ns", "a").UID("uid-a").Obj(), builders.MLAService("ns", "b").UID("uid-b").Obj()
+}
+
+// ownerUIDs lists obj's owners, in the order of its owner references.
+func ownerUIDs(obj client.Object) []types.UID {
+	var uids []types.UID
+	for _, r := range obj.GetOwnerReferences() {
+		uids = append(uids, r.UID)
+	}
+	return uids
+}
+
 func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
 	scheme := builders.Scheme(t)
 	c := fake.NewClientBuilder().WithScheme(scheme).Build()
 	ctx := context.Background()
-	a := builders.MLAService("ns", "a").Obj()
-	a.UID = types.UID("uid-a")
-	b := builders.MLAService("ns", "b").Obj()
-	b.UID = types.UID("uid-b")
+	a, b := twoServices()
 	for _, svc := range []*v1alpha1.MLAService{a, b, a} {
 		if err := Ensure(ctx, c, c, svc); err != nil {
 			t.Fatal(err)
@@ -39,14 +51,12 @@ func TestEnsureGivesWorkersAnAccountThatMayReport(t *testing.T) {
 		if err := c.Get(ctx, key, obj); err != nil {
 			t.Fatalf("%T: %v", obj, err)
 		}
-		var owners []types.UID
 		for _, r := range obj.GetOwnerReferences() {
-			owners = append(owners, r.UID)
 			if r.Controller != nil && *r.Controller {
 				t.Errorf("%T: %s is its controller; the account is shared", obj, r.Name)
 			}
 		}
-		if !slices.Equal(owners, []types.UID{"uid-a", "uid-b"}) {
+		if owners := ownerUIDs(obj); !slices.Equal(owners, []types.UID{"uid-a", "uid-b"}) {
 			t.Errorf("%T owners %v, want both services once", obj, owners)
 		}
 	}
@@ -75,10 +85,7 @@ func TestEnsureWritesNothingWhenUnchanged(t *testing.T) {
 		},
 	}).Build()
 	ctx := context.Background()
-	a := builders.MLAService("ns", "a").Obj()
-	a.UID = "uid-a"
-	b := builders.MLAService("ns", "b").Obj()
-	b.UID = "uid-b"
+	a, b := twoServices()
 	for _, tc := range []struct {
 		svc    *v1alpha1.MLAService
 		writes int
@@ -119,10 +126,7 @@ func TestEnsureWhenTheCacheLagsBehindAnotherServicesCreate(t *testing.T) {
 	scheme := builders.Scheme(t)
 	server := fake.NewClientBuilder().WithScheme(scheme).Build()
 	ctx := context.Background()
-	a := builders.MLAService("ns", "a").Obj()
-	a.UID = types.UID("uid-a")
-	b := builders.MLAService("ns", "b").Obj()
-	b.UID = types.UID("uid-b")
+	a, b := twoServices()
 	if err := Ensure(ctx, server, server, b); err != nil {
 		t.Fatal(err)
 	}
@@ -140,12 +144,9 @@ func TestEnsureWhenTheCacheLagsBehindAnotherServicesCreate(t *testing.T) {
 		if err := server.Get(ctx, key, obj); err != nil {
 			t.Fatal(err)
 		}
-		var owners []string
-		for _, r := range obj.GetOwnerReferences() {
-			owners = append(owners, string(r.UID))
-		}
+		owners := ownerUIDs(obj)
 		slices.Sort(owners)
-		if !slices.Equal(owners, []string{"uid-a", "uid-b"}) {
+		if !slices.Equal(owners, []types.UID{"uid-a", "uid-b"}) {
 			t.Errorf("%T owners %v, want both services", obj, owners)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
 	"github.com/mla-operator/mla-operator/api/v1alpha1"
@@ -157,6 +158,13 @@ func (b *MLAServiceBuilder) Image(img string) *MLAServiceBuilder {
 // WorkerArgs appends spec.worker.args.
 func (b *MLAServiceBuilder) WorkerArgs(args ...string) *MLAServiceBuilder {
 	b.svc.Spec.Worker.Args = append(b.svc.Spec.Worker.Args, args...)
+	return b
+}
+
+// UID sets metadata.uid, as the API server would, for fake clients that
+// take the service as an owner.
+func (b *MLAServiceBuilder) UID(uid types.UID) *MLAServiceBuilder {
+	b.svc.UID = uid
 	return b
 }
 
