@@ -568,9 +568,7 @@ func (r *MLAServiceReconciler) forget(key types.NamespacedName) {
 	delete(r.waiting, key)
 	r.mu.Unlock()
 	r.reports.Forget(key)
-	if r.Status != nil {
-		r.Status.Forget(key)
-	}
+	r.Status.Forget(key)
 	forgetServiceMetrics(key)
 }
 

@@ -88,7 +88,7 @@ func TestWorkerChangedIgnoresReportHeartbeats(t *testing.T) {
 func TestWorkerChangedNotesHeartbeats(t *testing.T) {
 	t0 := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakePassiveClock(t0)
-	r := &MLAServiceReconciler{Clock: clk, Options: Options{}.withDefaults()}
+	r := &MLAServiceReconciler{Clock: clk, Status: &statusmanager.Writer{}, Options: Options{}.withDefaults()}
 	p := r.workerChanged()
 	// The worker's node runs 5 minutes behind the operator.
 	skew := -5 * time.Minute
