@@ -142,26 +142,26 @@ func TestControllerAggregatesWorkerReports(t *testing.T) {
 	now := time.Now()
 	reports := []struct {
 		ready  bool
-		report v1alpha1.Report
+		report *v1alpha1.Report // nil: the worker never reports
 	}{
-		{true, v1alpha1.Report{CapacityTokens: 1000, UsedTokens: 250, ActiveSequences: 2, MaxContextLength: 1000, Ready: true}},
-		{true, v1alpha1.Report{CapacityTokens: 3000, UsedTokens: 500, ActiveSequences: 1, WaitingRequests: 4, MaxContextLength: 3000, Ready: true}},
+		{true, &v1alpha1.Report{CapacityTokens: 1000, UsedTokens: 250, ActiveSequences: 2, MaxContextLength: 1000, Ready: true}},
+		{true, &v1alpha1.Report{CapacityTokens: 3000, UsedTokens: 500, ActiveSequences: 1, WaitingRequests: 4, MaxContextLength: 3000, Ready: true}},
 		// Never reported: not counted. (A first report, whatever its
 		// time says, is news to an operator that saw the pod without one:
 		// staleness is judged by the operator's clock, see
 		// TestControllerCountsAFirstReportFromANodeBehind.)
-		{true, v1alpha1.Report{}},
+		{true, nil},
 		// Pod not Ready: not counted.
-		{false, v1alpha1.Report{CapacityTokens: 7000, MaxContextLength: 7000, Ready: true}},
+		{false, &v1alpha1.Report{CapacityTokens: 7000, MaxContextLength: 7000, Ready: true}},
 		// Draining: not counted.
-		{true, v1alpha1.Report{CapacityTokens: 5000, UsedTokens: 100, MaxContextLength: 5000, Ready: false, Draining: true}},
+		{true, &v1alpha1.Report{CapacityTokens: 5000, UsedTokens: 100, MaxContextLength: 5000, Ready: false, Draining: true}},
 	}
 	for i, r := range reports {
-		if r.report.Time.IsZero() {
-			r.report.Time = metav1.NewTime(now)
-		}
-		if r.report.CapacityTokens != 0 { // the zero Report stands for none
-			if err := setReport(ctx, &pods[i], r.report); err != nil {
+		if r.report != nil {
+			if r.report.Time.IsZero() {
+				r.report.Time = metav1.NewTime(now)
+			}
+			if err := setReport(ctx, &pods[i], *r.report); err != nil {
 				t.Fatal(err)
 			}
 		}
