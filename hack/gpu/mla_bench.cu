@@ -47,6 +47,9 @@ const Variant kVariants[] = {
 #ifdef MLA_HAS_SEESAW  // absent from earlier kernel versions built for side-by-side timing
     {"seesaw", mla_decode_seesaw},
 #endif
+#if MLA_SEESAW_PAIR
+    {"pair", mla_decode_seesaw_pair},
+#endif
 };
 
 // only: a comma-separated list of variant names, or null for all.
@@ -104,9 +107,19 @@ struct Buffers {
   }
 };
 
+// The kernel a variant launches for a problem: the CTA-pair seesaw kernel
+// needs an even number of query tiles, and falls back as the engine does.
+Kernel kernel_for(Kernel fn, const Problem& pr) {
+#if MLA_SEESAW_PAIR
+  if (fn == mla_decode_seesaw_pair && pr.tiles() % 2 != 0) return mla_decode_seesaw;
+#endif
+  (void)pr;
+  return fn;
+}
+
 // One layer's launches once the step's schedule exists: decode and combine.
 void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
-  fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
+  kernel_for(fn, pr)<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
   mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
 }
 
@@ -416,7 +429,7 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
     CK(cudaEventRecord(ev[4 * i]));
     if constexpr (kSeparateSchedule) launch_schedule(p, 0);
     CK(cudaEventRecord(ev[4 * i + 1]));
-    fn<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES>>>(p);
+    kernel_for(fn, pr)<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES>>>(p);
     CK(cudaEventRecord(ev[4 * i + 2]));
     mla_decode_combine<<<dim3(batch, cdiv(pr.rows(), 8)), 256>>>(p);
     CK(cudaEventRecord(ev[4 * i + 3]));
@@ -438,13 +451,26 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
 int run_bench(const char* only) {
   const double copy = copy_bandwidth();
   printf("copy: device-to-device %.0f GB/s (read + write)\n", copy);
+#if MLA_SEESAW_PAIR
+  {  // how many CTA pairs the card holds at once (one CTA per SM)
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(g_sms / 2, 2);
+    cfg.blockDim = dim3(MLA_THREADS);
+    cfg.dynamicSmemBytes = MLA_SMEM_BYTES;
+    int clusters = 0;
+    CK(cudaOccupancyMaxActiveClusters(&clusters, mla_decode_seesaw_pair, &cfg));
+    printf("pair kernel: %d clusters of 2 at once (%d SMs)\n", clusters, g_sms);
+  }
+#endif
   // One pool of pages big enough for two sets of the largest shape.
   g_pool.pages = size_t(2) * 128 * 32768 / MLA_PAGE + 64;
   CK(cudaMalloc(&g_pool.cache, g_pool.pages * MLA_TILE_BYTES));
   fill_random_bf16<<<4096, 256>>>(g_pool.cache, g_pool.pages * MLA_TILE_BYTES / 2, 12345);
   CK(cudaDeviceSynchronize());
+  // BENCH_QUICK: only the anchor table (for A/B runs of several builds).
+  const bool quick = getenv("BENCH_QUICK") != nullptr;
   for (const Variant& v : kVariants) {
-    if (!selected(only, v.name)) continue;
+    if (quick || !selected(only, v.name)) continue;
     phase_breakdown(v.fn, v.name, 64, 16, 1024);
     phase_breakdown(v.fn, v.name, 128, 128, 4096);
   }
@@ -464,7 +490,7 @@ int run_bench(const char* only) {
       fflush(stdout);
     }
     // Variable length: lengths uniform in [mean/2, 3 mean/2], FlashMLA-like.
-    for (int s_q = 1; s_q <= 2; ++s_q)
+    for (int s_q = 1; s_q <= (quick ? 0 : 2); ++s_q)
       for (int h : {64, 128}) {
         std::mt19937 rng(42);
         std::uniform_int_distribution<int> d(2048, 6144);

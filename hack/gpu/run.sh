@@ -3,7 +3,16 @@
 # kernels, checks them (C++ float64 check, the Go engine's GPU tests,
 # compute-sanitizer) and benchmarks them, in one go.
 #
-#   hack/gpu/run.sh [stage...]    stages: build check gotest sanitize bench
+#   hack/gpu/run.sh [stage...]    stages: build check gotest sanitize bench ab
+#
+# ab times several builds of the benchmark side by side, alternating them
+# for $AB_ROUNDS rounds (default 2) on the anchor shapes of $BENCH_HQ (all
+# if unset) for the kernels $AB_KERNELS (default seesaw). $AB lists the
+# builds as label=flags, flags comma-separated nvcc options, and @dir first
+# to build the kernel source in dir instead of the working tree's:
+#   AB="head=@.gpu-bin/head new= quad=-DMLA_EPILOGUE_QUAD=1" hack/gpu/run.sh ab
+# A label ending in "trace" is built with -DMLA_TRACE and prints the
+# seesaw kernel's phases on each shape of $AB_TRACE ("b:h_q:s_k ...").
 #
 # The Go test binary is built beforehand on a machine with Go and the CUDA
 # headers (no GPU needed) and found at $GO_TEST_BIN (default
@@ -79,6 +88,42 @@ if has bench; then
 		step "benchmark, previous version"
 		BENCH_LABEL=prev- timeout 120 /tmp/mla_bench_prev bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench-prev.md"
 	fi
+fi
+
+if has ab; then
+	step "A/B builds: ${AB:-}"
+	for spec in ${AB:-}; do
+		label=${spec%%=*} flags=${spec#*=} src=()
+		flags=${flags//,/ }
+		if [[ $flags == @* ]]; then
+			dir=${flags%% *} && dir=${dir#@} && flags=${flags#@"$dir"}
+			src=(-DMLA_KERNEL_SOURCE="\"$PWD/$dir/mla_decode.cu\"")
+		fi
+		[[ $label == *trace ]] && flags="$flags -DMLA_TRACE"
+		# shellcheck disable=SC2086 # flags are words
+		nvcc "${NVCC_FLAGS[@]}" $flags "${src[@]}" -o "/tmp/mla_ab_$label" hack/gpu/mla_bench.cu "${LIBS[@]}" >"$R/ab-build-$label.log" 2>&1 &
+	done
+	wait
+	for spec in ${AB:-}; do
+		label=${spec%%=*}
+		[[ -x /tmp/mla_ab_$label ]] || { echo "A/B build $label failed:"; tail -n 20 "$R/ab-build-$label.log"; status=1; }
+	done
+	step "A/B timing"
+	for round in $(seq "${AB_ROUNDS:-2}"); do
+		for spec in ${AB:-}; do
+			label=${spec%%=*}
+			[[ -x /tmp/mla_ab_$label && $label != *trace ]] || continue
+			BENCH_QUICK=1 BENCH_LABEL="$label-" timeout 120 "/tmp/mla_ab_$label" bench "${AB_KERNELS:-seesaw}" | grep -E '^(\| [a-z]|pair kernel)'
+		done
+		echo "(round $round done)"
+	done 2>&1 | tee "$R/ab.md"
+	for spec in ${AB:-}; do
+		label=${spec%%=*}
+		[[ -x /tmp/mla_ab_$label && $label == *trace ]] || continue
+		for shape in ${AB_TRACE:-128:128:4096}; do
+			timeout 60 "/tmp/mla_ab_$label" one "${AB_KERNELS:-seesaw}" ${shape//:/ } | grep -E '^(one|trace)' | sed "s/^/$label /"
+		done
+	done 2>&1 | tee "$R/ab-trace.txt"
 fi
 
 if has sanitize; then
