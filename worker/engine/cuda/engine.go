@@ -179,18 +179,22 @@ func (e *Engine) load(image []byte) error {
 			return fmt.Errorf("cuda engine: kernel %s: %w", n.name, err)
 		}
 	}
-	e.fn.decode = map[string]cu.Function{}
-	for _, name := range decodeFunctionNames(e.kernel) {
-		f, err := e.mod.Function(name)
-		if err != nil {
-			return fmt.Errorf("cuda engine: kernel %s: %w", name, err)
-		}
+	isNotFound := func(err error) bool { return errors.Is(err, cu.NotFound) }
+	if e.fn.decode, err = loadDecodeFunctions(e.kernel, e.mod.Function, isNotFound); err != nil {
+		return fmt.Errorf("cuda engine: %w", err)
+	}
+	for _, f := range e.fn.decode {
 		if err := setMaxDynamicSharedMemory(f, smemBytes); err != nil {
 			return err
 		}
-		e.fn.decode[name] = f
 	}
 	return nil
+}
+
+// hasDecode says whether the engine loaded a decode function.
+func (e *Engine) hasDecode(name string) bool {
+	_, ok := e.fn.decode[name]
+	return ok
 }
 
 // do runs f with the engine's context current on this OS thread, one call
@@ -299,7 +303,7 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			}
 			e.sched.set(s.generation, parts, req.SeqLens)
 		}
-		decode := e.fn.decode[decodeFunctionName(e.kernel, tiles, meanLen(req.SeqLens))]
+		decode := e.fn.decode[decodeFunctionName(e.kernel, tiles, meanLen(req.SeqLens), e.hasDecode)]
 		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)
 		}

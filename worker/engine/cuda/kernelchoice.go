@@ -4,6 +4,8 @@
 
 package cuda
 
+import "fmt"
+
 // Decode kernel variants in the module. All implement the same contract.
 // wgmma is Hopper's warpgroup tensor-core path with both warpgroups in
 // lockstep; seesaw lets them take turns so one's softmax overlaps the
@@ -30,27 +32,61 @@ const seesawMinMeanLen = 2048
 
 // decodeFunctionName is the module function that a decode call with the
 // given number of 64-row query tiles (s_q x h_q rows) and mean sequence
-// length runs under kernel. auto: wgmma for one tile, where its lockstep
-// warpgroups are at 0.83-1.03 of FlashMLA; seesaw for several tiles
-// (h_q = 128, or s_q = 2 with h_q = 64) unless the sequences are short.
-func decodeFunctionName(kernel string, tiles int, meanLen int) string {
+// length runs under kernel; loaded says whether the engine has a function.
+// auto: wgmma for one tile, where its lockstep warpgroups are at 0.83-1.03
+// of FlashMLA; seesaw for several tiles (h_q = 128, or s_q = 2 with
+// h_q = 64) unless the sequences are short or the module lacks it.
+func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name string) bool) string {
 	if kernel == KernelAuto {
 		kernel = KernelWGMMA
-		if tiles > 1 && meanLen >= seesawMinMeanLen {
+		if tiles > 1 && meanLen >= seesawMinMeanLen && loaded(decodeFunction(KernelSeesaw)) {
 			kernel = KernelSeesaw
 		}
 	}
-	return "mla_decode_" + kernel
+	return decodeFunction(kernel)
 }
 
-// decodeFunctionNames are the module functions decodeFunctionName can
-// return for kernel: the ones an engine of that variant loads.
-func decodeFunctionNames(kernel string) []string {
+// decodeFunctions are the module functions an engine of variant kernel
+// loads. It fails without a required one; an optional one is an
+// alternative that auto takes where the module has it, so a module built
+// from an older kernel source (EnvModule) still serves, on the kernels it
+// has.
+func decodeFunctions(kernel string) (required, optional []string) {
 	if kernel == KernelAuto {
-		return []string{"mla_decode_" + KernelWGMMA, "mla_decode_" + KernelSeesaw}
+		return []string{decodeFunction(KernelWGMMA)}, []string{decodeFunction(KernelSeesaw)}
 	}
-	return []string{"mla_decode_" + kernel}
+	return []string{decodeFunction(kernel)}, nil
 }
+
+// loadDecodeFunctions looks up the decode functions of variant kernel with
+// lookup: every required one, and the optional ones the module has (lookup's
+// error satisfies isNotFound for a function the module lacks). Generic over
+// the function type so that this policy is tested without a GPU.
+func loadDecodeFunctions[F any](kernel string, lookup func(name string) (F, error), isNotFound func(error) bool) (map[string]F, error) {
+	required, optional := decodeFunctions(kernel)
+	loaded := map[string]F{}
+	for _, name := range required {
+		f, err := lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", name, err)
+		}
+		loaded[name] = f
+	}
+	for _, name := range optional {
+		f, err := lookup(name)
+		if err != nil {
+			if isNotFound(err) {
+				continue // auto runs without it (decodeFunctionName)
+			}
+			return nil, fmt.Errorf("kernel %s: %w", name, err)
+		}
+		loaded[name] = f
+	}
+	return loaded, nil
+}
+
+// decodeFunction is the module function of a decode kernel variant.
+func decodeFunction(kernel string) string { return "mla_decode_" + kernel }
 
 // meanLen is the mean of a batch's sequence lengths (0 for none).
 func meanLen(lens []int32) int {
