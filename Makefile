@@ -87,6 +87,10 @@ run: bins build ## The whole system on a local simulated GPU cluster.
 kernels: ## Compile the CUDA kernels for sm_90a (needs nvcc >= 12.8; run on the GPU machine).
 	hack/build-kernels.sh
 
+.PHONY: kernels-frontend
+kernels-frontend: ## Compile the kernels' C++ with any nvcc, no GPU (catches C++ errors before a GPU run).
+	hack/kernels-frontend.sh
+
 ##@ Images
 
 .PHONY: docker-build
