@@ -4,7 +4,10 @@
 
 package cuda
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Decode kernel variants in the module. All implement the same contract.
 // wgmma is Hopper's warpgroup tensor-core path with both warpgroups in
@@ -65,22 +68,17 @@ func decodeFunctions(kernel string) (required, optional []string) {
 func loadDecodeFunctions[F any](kernel string, lookup func(name string) (F, error), isNotFound func(error) bool) (map[string]F, error) {
 	required, optional := decodeFunctions(kernel)
 	loaded := map[string]F{}
-	for _, name := range required {
+	for _, name := range slices.Concat(required, optional) {
 		f, err := lookup(name)
-		if err != nil {
+		switch {
+		case err == nil:
+			loaded[name] = f
+		case !isNotFound(err):
 			return nil, fmt.Errorf("kernel %s: %w", name, err)
+		case slices.Contains(required, name):
+			return nil, fmt.Errorf("the module has no kernel %s, which decode kernel variant %q needs: %w", name, kernel, err)
 		}
-		loaded[name] = f
-	}
-	for _, name := range optional {
-		f, err := lookup(name)
-		if err != nil {
-			if isNotFound(err) {
-				continue // auto runs without it (decodeFunctionName)
-			}
-			return nil, fmt.Errorf("kernel %s: %w", name, err)
-		}
-		loaded[name] = f
+		// An optional one the module lacks: auto runs without it (decodeFunctionName).
 	}
 	return loaded, nil
 }

@@ -2,8 +2,10 @@ package cuda
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -124,6 +126,10 @@ func TestLoadDecodeFunctions(t *testing.T) {
 			got, err := loadDecodeFunctions(c.kernel, c.lookup, isNotFound)
 			if !errors.Is(err, c.wantErr) {
 				t.Fatalf("error %v, want %v", err, c.wantErr)
+			}
+			// A missing required kernel names the variant that needs it.
+			if errors.Is(err, errNotFound) && !strings.Contains(err.Error(), fmt.Sprintf("variant %q needs", c.kernel)) {
+				t.Errorf("error %q does not name the variant %q", err, c.kernel)
 			}
 			if err != nil {
 				return
