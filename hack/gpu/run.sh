@@ -100,6 +100,7 @@ if has ab; then
 			src=(-DMLA_KERNEL_SOURCE="\"$PWD/$dir/mla_decode.cu\"")
 		fi
 		[[ $label == *trace ]] && flags="$flags -DMLA_TRACE"
+		rm -f "/tmp/mla_ab_$label" # a warm machine keeps /tmp: no stale build may pass for this one
 		# shellcheck disable=SC2086 # flags are words
 		nvcc "${NVCC_FLAGS[@]}" $flags "${src[@]}" -o "/tmp/mla_ab_$label" hack/gpu/mla_bench.cu "${LIBS[@]}" >"$R/ab-build-$label.log" 2>&1 &
 	done
