@@ -91,6 +91,10 @@ kernels: ## Compile the CUDA kernels for sm_90a (needs nvcc >= 12.8; run on the 
 kernels-frontend: ## Compile the kernels' C++ with any nvcc, no GPU (catches C++ errors before a GPU run).
 	hack/kernels-frontend.sh
 
+.PHONY: kernels-assemble
+kernels-assemble: ## Assemble the kernels for sm_90a with Debian trixie's CUDA 12.4 (fetched once, ~1 GB), no GPU: ptxas errors, registers, spills.
+	NVCC=$$(hack/hopper-toolkit.sh) hack/kernels-frontend.sh
+
 ##@ Images
 
 .PHONY: docker-build

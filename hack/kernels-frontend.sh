@@ -1,33 +1,93 @@
 #!/usr/bin/env bash
-# Compiles the kernel sources' C++ on a machine without a Hopper toolkit,
-# to catch C++ errors before a GPU machine's time is spent on them. Uses
-# any nvcc (Debian's nvidia-cuda-toolkit is CUDA 11.8, which knows sm_90
-# but not sm_90a): it compiles for sm_90 with the sm_90a feature macro set,
-# so the wgmma and bulk-copy paths are parsed and instantiated, and stops at
-# PTX, which nothing here can assemble (inline PTX text is not checked; only
-# ptxas on the GPU machine does that).
+# Compiles the kernel sources on a machine without a GPU, to catch errors
+# before a GPU machine's time is spent on them. Two depths, by the nvcc it
+# is given:
+#   - an nvcc that knows sm_90a (CUDA >= 12; hack/hopper-toolkit.sh fetches
+#     one): the whole way to an sm_90a cubin, so ptxas checks the inline PTX
+#     (wgmma, bulk copies, mbarriers) and reports registers and spills. Any
+#     ptxas warning (spills, local memory, serialized wgmma) fails the run.
+#   - any other nvcc (Debian 12's CUDA 11.8 knows sm_90, not sm_90a): sm_90
+#     with the sm_90a feature macro set, stopping at PTX, so the wgmma and
+#     bulk-copy paths are parsed and instantiated but the inline PTX text is
+#     not checked.
 #
 #   hack/kernels-frontend.sh [source] [-Dname=value ...]
 #
-# Every macro set in $KERNEL_VARIANTS (default: as committed, and with the
-# experiments on) is compiled, each with the extra -D options given.
+# Every macro set in $KERNEL_VARIANTS (sets separated by ';'; default: as
+# committed, the trace build, and the experiments on) is compiled, each with
+# the extra -D options given; with sm_90a, two at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NVCC=${NVCC:-nvcc}
-command -v "$NVCC" >/dev/null || { echo "kernels-frontend: no $NVCC (apt-get install nvidia-cuda-toolkit)" >&2; exit 1; }
+command -v "$NVCC" >/dev/null || { echo "kernels-frontend: no $NVCC (apt-get install nvidia-cuda-toolkit, or NVCC=\$(hack/hopper-toolkit.sh))" >&2; exit 1; }
 src=kernels/mla_decode.cu
 if [[ $# -gt 0 && $1 != -D* ]]; then src=$1 && shift; fi
 variants=${KERNEL_VARIANTS:-" ;-DMLA_TRACE;-DMLA_SEESAW_PAIR=1 -DMLA_EPILOGUE_QUAD=1"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-IFS=';' read -ra sets <<<"$variants"
-for set in "${sets[@]}"; do
+
+echo '__global__ void probe() {}' >"$out/probe.cu"
+if "$NVCC" -cubin -gencode arch=compute_90a,code=sm_90a -o "$out/probe.cubin" "$out/probe.cu" 2>/dev/null; then
+	depth=sm_90a
+	flags=(-cubin -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo -Xptxas -v,-warn-spills,-warn-lmem-usage)
+else
+	depth=ptx
+	flags=(-std=c++17 -arch=sm_90 -ptx -D__CUDA_ARCH_FEAT_SM90_ALL)
+fi
+echo "kernels-frontend: $("$NVCC" --version | tail -n 1), to $depth"
+
+# compile N SET: one variant into $out/N.{log,rc}.
+compile() {
+	local rc=0
 	# shellcheck disable=SC2086 # a set is words
-	if ! "$NVCC" -std=c++17 -arch=sm_90 -ptx -D__CUDA_ARCH_FEAT_SM90_ALL $set "$@" -o "$out/k.ptx" "$src" 2>"$out/log"; then
-		echo "kernels-frontend: $src [${set# }] failed:" >&2
-		grep -v 'Wno-deprecated-gpu-targets' "$out/log" >&2
-		exit 1
+	"$NVCC" "${flags[@]}" $2 "${extra[@]}" -o "$out/$1.out" "$src" >"$out/$1.log" 2>&1 || rc=$?
+	echo $rc >"$out/$1.rc"
+}
+
+# report N SET: the variant's verdict; with sm_90a, each kernel's registers
+# and spills as ptxas gave them.
+report() {
+	local name=$1 set=${2# } rc
+	rc=$(cat "$out/$name.rc")
+	if [[ $rc != 0 ]]; then
+		echo "kernels-frontend: $src [$set] failed:" >&2
+		grep -v 'Wno-deprecated-gpu-targets' "$out/$name.log" >&2
+		return 1
 	fi
-	echo "kernels-frontend: $src [${set# }] ok"
-done
+	if [[ $depth == ptx ]]; then
+		echo "kernels-frontend: $src [$set] ok"
+		return 0
+	fi
+	if grep -q 'warning' "$out/$name.log"; then
+		echo "kernels-frontend: $src [$set] assembled with warnings:" >&2
+		grep 'warning' "$out/$name.log" >&2
+		return 1
+	fi
+	echo "kernels-frontend: $src [$set] ok:"
+	awk '
+		/Compiling entry function/ { fn = $0; sub(/.*function .?/, "", fn); sub(/.? for .*/, "", fn) }
+		/bytes stack frame/ { stack = $1; spills = $5 }
+		/Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") regs = $(i + 1); printf "    %-24s %3d registers, %s bytes stack, %s bytes spilled\n", fn, regs, stack, spills }
+	' "$out/$name.log"
+}
+
+extra=("$@")
+IFS=';' read -ra sets <<<"$variants"
+status=0
+if [[ $depth == ptx ]]; then
+	for i in "${!sets[@]}"; do
+		compile "v$i" "${sets[$i]}"
+		report "v$i" "${sets[$i]}" || { status=1; break; }
+	done
+else
+	# Two at a time: a full sm_90a compile takes about a minute on one core.
+	for ((i = 0; i < ${#sets[@]}; i += 2)); do
+		compile "v$i" "${sets[$i]}" &
+		if ((i + 1 < ${#sets[@]})); then compile "v$((i + 1))" "${sets[$((i + 1))]}" & fi
+		wait
+		report "v$i" "${sets[$i]}" || status=1
+		if ((i + 1 < ${#sets[@]})); then report "v$((i + 1))" "${sets[$((i + 1))]}" || status=1; fi
+	done
+fi
+exit $status
