@@ -5,7 +5,7 @@
 #   - an nvcc that knows sm_90a (CUDA >= 12; hack/hopper-toolkit.sh fetches
 #     one): the whole way to an sm_90a cubin, so ptxas checks the inline PTX
 #     (wgmma, bulk copies, mbarriers) and reports registers and spills. Any
-#     ptxas warning (spills, local memory, serialized wgmma) fails the run.
+#     other warning (a serialized wgmma, a front-end warning) fails the run.
 #   - any other nvcc (Debian 12's CUDA 11.8 knows sm_90, not sm_90a): sm_90
 #     with the sm_90a feature macro set, stopping at PTX, so the wgmma and
 #     bulk-copy paths are parsed and instantiated but the inline PTX text is
@@ -59,7 +59,10 @@ report() {
 		echo "kernels-frontend: $src [$set] ok"
 		return 0
 	fi
-	if grep -q 'warning' "$out/$name.log"; then
+	# Spills are reported in the table below (a few bytes reloaded once per
+	# piece cost nothing; where they sit decides, so look at the SASS);
+	# any other warning, a serialized wgmma above all, fails.
+	if grep 'warning' "$out/$name.log" | grep -v -e 'Registers are spilled' -e 'Local memory used' | grep -q .; then
 		echo "kernels-frontend: $src [$set] assembled with warnings:" >&2
 		grep 'warning' "$out/$name.log" >&2
 		return 1

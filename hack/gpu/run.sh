@@ -13,6 +13,8 @@
 #   AB="head=@.gpu-bin/head new= quad=-DMLA_EPILOGUE_QUAD=1" hack/gpu/run.sh ab
 # A label ending in "trace" is built with -DMLA_TRACE and prints the
 # seesaw kernel's phases on each shape of $AB_TRACE ("b:h_q:s_k ...").
+# Every other build first runs the float64 check (AB_CHECK=0 skips it); a
+# build that fails it is reported and not timed.
 #
 # The Go test binary is built beforehand on a machine with Go and the CUDA
 # headers (no GPU needed) and found at $GO_TEST_BIN (default
@@ -109,6 +111,23 @@ if has ab; then
 		label=${spec%%=*}
 		[[ -x /tmp/mla_ab_$label ]] || { echo "A/B build $label failed:"; tail -n 20 "$R/ab-build-$label.log"; status=1; }
 	done
+	if [[ ${AB_CHECK:-1} == 1 ]]; then
+		# A build is timed only once its float64 check passed: a wrong
+		# experiment's speed means nothing.
+		step "A/B checks"
+		for spec in ${AB:-}; do
+			label=${spec%%=*}
+			[[ -x /tmp/mla_ab_$label && $label != *trace ]] || continue
+			if timeout 120 "/tmp/mla_ab_$label" check >"$R/ab-check-$label.log" 2>&1; then
+				echo "$label: check ok"
+			else
+				echo "$label: CHECK FAILED, not timed:"; grep -v ' ok$' "$R/ab-check-$label.log" | tail -n 15
+				rm -f "/tmp/mla_ab_$label"
+			fi
+		done >"$R/ab-check.txt" 2>&1
+		cat "$R/ab-check.txt"
+		if grep -q 'CHECK FAILED' "$R/ab-check.txt"; then status=1; fi
+	fi
 	step "A/B timing"
 	for round in $(seq "${AB_ROUNDS:-2}"); do
 		for spec in ${AB:-}; do
