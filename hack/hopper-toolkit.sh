@@ -9,7 +9,8 @@
 #
 # What this is for: assembling the kernels for sm_90a without a GPU machine,
 # so ptxas errors in inline PTX, register spills and serialized-wgmma
-# warnings show up before device time is spent (hack/kernels-frontend.sh).
+# warnings show up before device time is spent, and building the GPU
+# benchmark with them, so link errors do too (hack/kernels-frontend.sh).
 # The committed module is still built on the GPU machine with its nvcc 13
 # (hack/build-kernels.sh); a 12.4 cubin is for checking, never committed.
 #
@@ -37,7 +38,7 @@ version() { apt-cache "${apt_opts[@]}" show "$1" 2>/dev/null | awk '/^Version:/ 
 # Reuse an unpacked toolkit without touching the network.
 for dir in "${MLA_HOPPER_TOOLKIT:-}" "$cache"/cuda-*; do
 	nvcc=$dir/usr/lib/nvidia-cuda-toolkit/bin/nvcc
-	if [[ -n $dir && -x $nvcc && -f $dir/.complete ]]; then
+	if [[ -n $dir && -x $nvcc && -f $dir/.complete && -f $dir/usr/lib/x86_64-linux-gnu/libcudart_static.a ]]; then
 		echo "$nvcc"
 		exit 0
 	fi
@@ -51,9 +52,14 @@ dir=${MLA_HOPPER_TOOLKIT:-$cache/cuda-${v%%~*}}
 rm -rf "$dir" && mkdir -p "$dir"
 (cd "$apt_dir/debs" && rm -f ./*.deb && apt-get "${apt_opts[@]}" -q download "${packages[@]}" >&2)
 for deb in "$apt_dir"/debs/nvidia-cuda-toolkit_*.deb; do dpkg-deb -x "$deb" "$dir"; done
-# Of the development package only the headers are needed (the rest is
-# static libraries, most of its size).
-for deb in "$apt_dir"/debs/nvidia-cuda-dev_*.deb; do dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" ./usr/include; done
+# Of the development package only the headers and the runtime's static
+# libraries (to link programs such as hack/gpu/mla_bench.cu) are needed;
+# the rest, the math libraries, is most of its size.
+for deb in "$apt_dir"/debs/nvidia-cuda-dev_*.deb; do
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" ./usr/include \
+		./usr/lib/x86_64-linux-gnu/libcudart_static.a ./usr/lib/x86_64-linux-gnu/libcudadevrt.a \
+		./usr/lib/x86_64-linux-gnu/libculibos.a
+done
 rm -f "$apt_dir"/debs/*.deb
 
 # The package's nvcc.profile points at /etc and /usr; this one keeps the
@@ -66,6 +72,7 @@ TOP = $(_HERE_)/../../../..
 NVVMIR_LIBRARY_DIR = $(_HERE_)/../libdevice
 PATH += $(_HERE_):$(TOP)/usr/bin:
 INCLUDES += "-I$(TOP)/usr/include" $(_SPACE_)
+LIBRARIES =+ $(_SPACE_) "-L$(TOP)/usr/lib/x86_64-linux-gnu"
 EOF
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT

@@ -3,8 +3,10 @@
 # before a GPU machine's time is spent on them. Two depths, by the nvcc it
 # is given:
 #   - an nvcc that knows sm_90a (CUDA >= 12; hack/hopper-toolkit.sh fetches
-#     one): the whole way to an sm_90a cubin, so ptxas checks the inline PTX
-#     (wgmma, bulk copies, mbarriers) and reports registers and spills. Any
+#     one): the GPU benchmark (hack/gpu/mla_bench.cu, which includes the
+#     kernels) built and linked the way hack/gpu/run.sh builds it, so ptxas
+#     checks the inline PTX (wgmma, bulk copies, mbarriers) and reports
+#     registers and spills, and host-side and link errors show too. Any
 #     other warning (a serialized wgmma, a front-end warning) fails the run.
 #   - any other nvcc (Debian 12's CUDA 11.8 knows sm_90, not sm_90a): sm_90
 #     with the sm_90a feature macro set, stopping at PTX, so the wgmma and
@@ -30,10 +32,13 @@ trap 'rm -rf "$out"' EXIT
 echo '__global__ void probe() {}' >"$out/probe.cu"
 if "$NVCC" -cubin -gencode arch=compute_90a,code=sm_90a -o "$out/probe.cubin" "$out/probe.cu" 2>/dev/null; then
 	depth=sm_90a
-	flags=(-cubin -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo -Xptxas -v,-warn-spills,-warn-lmem-usage)
+	flags=(-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo -Xptxas -v,-warn-spills,-warn-lmem-usage
+		-DMLA_KERNEL_SOURCE="\"$(realpath "$src")\"")
+	inputs=(hack/gpu/mla_bench.cu -lcuda)
 else
 	depth=ptx
 	flags=(-std=c++17 -arch=sm_90 -ptx -D__CUDA_ARCH_FEAT_SM90_ALL)
+	inputs=("$src")
 fi
 echo "kernels-frontend: $("$NVCC" --version | tail -n 1), to $depth"
 
@@ -41,7 +46,7 @@ echo "kernels-frontend: $("$NVCC" --version | tail -n 1), to $depth"
 compile() {
 	local rc=0
 	# shellcheck disable=SC2086 # a set is words
-	"$NVCC" "${flags[@]}" $2 "${extra[@]}" -o "$out/$1.out" "$src" >"$out/$1.log" 2>&1 || rc=$?
+	"$NVCC" "${flags[@]}" $2 "${extra[@]}" -o "$out/$1.out" "${inputs[@]}" >"$out/$1.log" 2>&1 || rc=$?
 	echo $rc >"$out/$1.rc"
 }
 
@@ -71,7 +76,7 @@ report() {
 	awk '
 		/Compiling entry function/ { fn = $0; sub(/.*function .?/, "", fn); sub(/.? for .*/, "", fn) }
 		/bytes stack frame/ { stack = $1; spills = $5 }
-		/Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") regs = $(i + 1); printf "    %-24s %3d registers, %s bytes stack, %s bytes spilled\n", fn, regs, stack, spills }
+		/Used [0-9]+ registers/ && fn ~ /^mla_/ { for (i = 1; i <= NF; i++) if ($i == "Used") regs = $(i + 1); printf "    %-24s %3d registers, %s bytes stack, %s bytes spilled\n", fn, regs, stack, spills }
 	' "$out/$name.log"
 }
 
@@ -84,7 +89,7 @@ if [[ $depth == ptx ]]; then
 		report "v$i" "${sets[$i]}" || { status=1; break; }
 	done
 else
-	# Two at a time: a full sm_90a compile takes about a minute on one core.
+	# Two at a time: a benchmark build takes about a minute on one core.
 	for ((i = 0; i < ${#sets[@]}; i += 2)); do
 		compile "v$i" "${sets[$i]}" &
 		if ((i + 1 < ${#sets[@]})); then compile "v$((i + 1))" "${sets[$((i + 1))]}" & fi
