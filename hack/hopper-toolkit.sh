@@ -15,7 +15,20 @@
 # (hack/build-kernels.sh); a 12.4 cubin is for checking, never committed.
 #
 #   NVCC=$(hack/hopper-toolkit.sh) hack/kernels-frontend.sh
+#
+# With --path it prints instead a directory of wrappers (nvcc, cuobjdump,
+# nvdisasm) to put first on PATH, for scripts that call the tools by name,
+# such as a dry run of the GPU script's builds without a GPU:
+#
+#   PATH=$(hack/hopper-toolkit.sh --path):$PATH OUT=/tmp/dry hack/gpu/run.sh build ab
+#
+# (nvcc reads its profile from the directory it was called by, so a
+# symbolic link would pick up the system's 11.8 headers: the wrappers exec
+# the real binaries.)
 set -euo pipefail
+
+want_path=false
+if [[ ${1:-} == --path ]]; then want_path=true; fi
 
 suite=trixie
 packages=(nvidia-cuda-toolkit nvidia-cuda-dev)
@@ -38,8 +51,8 @@ version() { apt-cache "${apt_opts[@]}" show "$1" 2>/dev/null | awk '/^Version:/ 
 # Reuse an unpacked toolkit without touching the network.
 for dir in "${MLA_HOPPER_TOOLKIT:-}" "$cache"/cuda-*; do
 	nvcc=$dir/usr/lib/nvidia-cuda-toolkit/bin/nvcc
-	if [[ -n $dir && -x $nvcc && -f $dir/.complete && -f $dir/usr/lib/x86_64-linux-gnu/libcudart_static.a ]]; then
-		echo "$nvcc"
+	if [[ -n $dir && -x $nvcc && -f $dir/.complete && -f $dir/usr/lib/x86_64-linux-gnu/libcudart_static.a && -x $dir/wrap/nvcc ]]; then
+		if $want_path; then echo "$dir/wrap"; else echo "$nvcc"; fi
 		exit 0
 	fi
 done
@@ -79,6 +92,11 @@ trap 'rm -rf "$probe"' EXIT
 echo '__global__ void probe() {}' >"$probe/probe.cu"
 "$bin/nvcc" -cubin -gencode arch=compute_90a,code=sm_90a -o "$probe/probe.cubin" "$probe/probe.cu" >&2 ||
 	{ echo "hopper-toolkit: $bin/nvcc cannot compile for sm_90a" >&2; exit 1; }
+mkdir -p "$dir/wrap"
+for tool in "$bin/nvcc" "$dir/usr/bin/cuobjdump" "$dir/usr/bin/nvdisasm"; do
+	printf '#!/bin/sh\nexec %s "$@"\n' "$tool" >"$dir/wrap/$(basename "$tool")"
+	chmod +x "$dir/wrap/$(basename "$tool")"
+done
 touch "$dir/.complete"
 echo "hopper-toolkit: $("$bin/nvcc" --version | tail -n 1) in $dir" >&2
-echo "$bin/nvcc"
+if $want_path; then echo "$dir/wrap"; else echo "$bin/nvcc"; fi
