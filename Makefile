@@ -92,7 +92,7 @@ kernels-frontend: ## Compile the kernels' C++ with any nvcc, no GPU (catches C++
 	hack/kernels-frontend.sh
 
 .PHONY: kernels-assemble
-kernels-assemble: ## Assemble the kernels for sm_90a with Debian trixie's CUDA 12.4 (fetched once, ~1 GB), no GPU: ptxas errors, registers, spills.
+kernels-assemble: ## Build the GPU benchmark and kernels for sm_90a with Debian trixie's CUDA 12.4 (fetched once, ~1 GB), no GPU: ptxas and link errors, registers, spills.
 	NVCC=$$(hack/hopper-toolkit.sh) hack/kernels-frontend.sh
 
 ##@ Images

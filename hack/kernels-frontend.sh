@@ -16,8 +16,9 @@
 #   hack/kernels-frontend.sh [source] [-Dname=value ...]
 #
 # Every macro set in $KERNEL_VARIANTS (sets separated by ';'; default: as
-# committed, the trace build, and the experiments on) is compiled, each with
-# the extra -D options given; with sm_90a, two at a time.
+# committed and the trace build; a pending patch names its experiments'
+# sets) is compiled, each with the extra -D options given; with sm_90a,
+# two at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ NVCC=${NVCC:-nvcc}
 command -v "$NVCC" >/dev/null || { echo "kernels-frontend: no $NVCC (apt-get install nvidia-cuda-toolkit, or NVCC=\$(hack/hopper-toolkit.sh))" >&2; exit 1; }
 src=kernels/mla_decode.cu
 if [[ $# -gt 0 && $1 != -D* ]]; then src=$1 && shift; fi
-variants=${KERNEL_VARIANTS:-" ;-DMLA_TRACE;-DMLA_SEESAW_PAIR=1 -DMLA_EPILOGUE_QUAD=1"}
+variants=${KERNEL_VARIANTS:-" ;-DMLA_TRACE"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

@@ -47,7 +47,7 @@ const Variant kVariants[] = {
 #ifdef MLA_HAS_SEESAW  // absent from earlier kernel versions built for side-by-side timing
     {"seesaw", mla_decode_seesaw},
 #endif
-#if MLA_SEESAW_PAIR
+#ifdef MLA_HAS_SEESAW_PAIR
     {"pair", mla_decode_seesaw_pair},
 #endif
 };
@@ -110,7 +110,7 @@ struct Buffers {
 // The kernel a variant launches for a problem: the CTA-pair seesaw kernel
 // needs an even number of query tiles, and falls back as the engine does.
 Kernel kernel_for(Kernel fn, const Problem& pr) {
-#if MLA_SEESAW_PAIR
+#ifdef MLA_HAS_SEESAW_PAIR
   if (fn == mla_decode_seesaw_pair && pr.tiles() % 2 != 0) return mla_decode_seesaw;
 #endif
   (void)pr;
@@ -120,7 +120,9 @@ Kernel kernel_for(Kernel fn, const Problem& pr) {
 // One layer's launches once the step's schedule exists: decode and combine.
 void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
   kernel_for(fn, pr)<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
+#ifndef MLA_HAS_FUSED_COMBINE  // else the decode kernel combines split sequences itself
   mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
+#endif
 }
 
 #ifdef MLA_KV_MAP_BYTES  // absent from kernel versions before v10
@@ -431,7 +433,9 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
     CK(cudaEventRecord(ev[4 * i + 1]));
     kernel_for(fn, pr)<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES>>>(p);
     CK(cudaEventRecord(ev[4 * i + 2]));
+#ifndef MLA_HAS_FUSED_COMBINE
     mla_decode_combine<<<dim3(batch, cdiv(pr.rows(), 8)), 256>>>(p);
+#endif
     CK(cudaEventRecord(ev[4 * i + 3]));
   }
   CK(cudaDeviceSynchronize());
@@ -451,7 +455,7 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
 int run_bench(const char* only) {
   const double copy = copy_bandwidth();
   printf("copy: device-to-device %.0f GB/s (read + write)\n", copy);
-#if MLA_SEESAW_PAIR
+#ifdef MLA_HAS_SEESAW_PAIR
   {  // how many CTA pairs the card holds at once (one CTA per SM)
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(g_sms / 2, 2);
@@ -480,9 +484,12 @@ int run_bench(const char* only) {
   printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Variant& v : kVariants) {
     if (!selected(only, v.name)) continue;
-    const char* only_h = getenv("BENCH_HQ");  // e.g. "128": only anchor shapes of that h_q
+    // BENCH_HQ / BENCH_SK, e.g. "16,64" / "1024,4096": only the anchor
+    // shapes with those h_q / s_k.
+    const char* only_h = getenv("BENCH_HQ");
+    const char* only_sk = getenv("BENCH_SK");
     for (const Anchor& a : kAnchors) {
-      if (only_h && atoi(only_h) != a.h) continue;
+      if (!selected(only_h, std::to_string(a.h).c_str()) || !selected(only_sk, std::to_string(a.sk).c_str())) continue;
       double bytes, flops, us, us_step;
       std::vector<int> lens(a.b, a.sk);
       time_shape(v.fn, a.b, a.h, 1, lens, a.sk >= 16384 ? 10 : 30, &bytes, &flops, &us, &us_step);
@@ -510,6 +517,12 @@ int run_bench(const char* only) {
 
 // One shape, a few calls: what a profiler (ncu) attaches to.
 int run_one(const char* name, int batch, int h_q, int s_k) {
+  // The kernels' contract (the Go engine validates it): rows come in whole
+  // warps of 16 and at most four 64-row tiles (s_q <= 2).
+  if (h_q != 16 && h_q != 32 && h_q != 64 && h_q != 128) {
+    fprintf(stderr, "one: h_q must be 16, 32, 64 or 128, got %d\n", h_q);
+    return 2;
+  }
   g_pool.pages = size_t(2) * batch * cdiv(s_k, MLA_PAGE) + 64;
   CK(cudaMalloc(&g_pool.cache, g_pool.pages * MLA_TILE_BYTES));
   fill_random_bf16<<<4096, 256>>>(g_pool.cache, g_pool.pages * MLA_TILE_BYTES / 2, 12345);
