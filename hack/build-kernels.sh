@@ -7,17 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NVCC=${NVCC:-nvcc}
-ARCH_FLAGS=(-gencode arch=compute_90a,code=sm_90a)
+. hack/nvcc-flags.sh
 out=kernels/mla_decode.cubin
 report=kernels/mla_decode.resources.txt
 
 "$NVCC" --version | tail -n 2
-"$NVCC" -cubin -O3 -std=c++17 "${ARCH_FLAGS[@]}" -lineinfo -Xptxas -v,-warn-spills,-warn-lmem-usage \
+"$NVCC" -cubin "${MLA_NVCC_FLAGS[@]}" "${MLA_PTXAS_REPORT[@]}" \
 	-o "$out" kernels/mla_decode.cu 2>kernels/.ptxas.log || { cat kernels/.ptxas.log >&2; exit 1; }
 cat kernels/.ptxas.log
 
 {
-	echo "# Resource usage of $out ($("$NVCC" --version | tail -n1), ${ARCH_FLAGS[*]})"
+	echo "# Resource usage of $out ($("$NVCC" --version | tail -n1), ${MLA_ARCH_FLAGS[*]})"
 	echo "# Regenerate with 'make kernels'; REG = registers per thread, SHARED = static shared memory"
 	echo "# (the decode kernels also take $(grep -o 'MLA_SMEM_BYTES.*' kernels/mla_decode_params.h | head -n1) dynamic)."
 	cuobjdump --dump-resource-usage "$out" | sed -e 's/^[[:space:]]*//'

@@ -33,9 +33,9 @@ trap 'rm -rf "$out"' EXIT
 echo '__global__ void probe() {}' >"$out/probe.cu"
 if "$NVCC" -cubin -gencode arch=compute_90a,code=sm_90a -o "$out/probe.cubin" "$out/probe.cu" 2>/dev/null; then
 	depth=sm_90a
-	flags=(-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo -Xptxas -v,-warn-spills,-warn-lmem-usage
-		-DMLA_KERNEL_SOURCE="\"$(realpath "$src")\"")
-	inputs=(hack/gpu/mla_bench.cu -lcuda)
+	. hack/nvcc-flags.sh
+	flags=("${MLA_NVCC_FLAGS[@]}" "${MLA_PTXAS_REPORT[@]}" -DMLA_KERNEL_SOURCE="\"$(realpath "$src")\"")
+	inputs=(hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}")
 else
 	depth=ptx
 	flags=(-std=c++17 -arch=sm_90 -ptx -D__CUDA_ARCH_FEAT_SM90_ALL)

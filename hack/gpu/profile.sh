@@ -9,8 +9,9 @@ OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 variants=${1:-seesaw,wgmma}
 shape=("${2:-128}" "${3:-128}" "${4:-4096}")
-nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo ${PROFILE_NVCC_FLAGS:-} -o /tmp/mla_profile \
-	hack/gpu/mla_bench.cu -lcuda || exit 1
+. hack/nvcc-flags.sh
+# shellcheck disable=SC2086 # extra flags are words
+nvcc "${MLA_NVCC_FLAGS[@]}" ${PROFILE_NVCC_FLAGS:-} -o /tmp/mla_profile hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" || exit 1
 for v in ${variants//,/ }; do
 	ncu --kernel-name "mla_decode_$v" --launch-skip 3 --launch-count 1 \
 		--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \

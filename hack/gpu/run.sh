@@ -29,9 +29,7 @@ mkdir -p "$OUT/r"
 R=$OUT/r
 GO_TEST_BIN=${GO_TEST_BIN:-.gpu-bin/cuda.test}
 stages=${*:-build check gotest sanitize bench}
-NVCC_FLAGS=(-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo)
-# The benchmark encodes the seesaw kernel's tensor map (cuTensorMapEncodeTiled).
-LIBS=(-lcuda)
+. hack/nvcc-flags.sh
 status=0
 
 has() { [[ " $stages " == *" $1 "* ]]; }
@@ -56,13 +54,13 @@ if has build; then
 		"$R/sass.txt" | sort | tee "$R/sass-summary.txt"
 	gzip -f "$R/sass.txt"
 	step "build benchmark driver"
-	nvcc "${NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu "${LIBS[@]}" 2>&1 | tee "$R/bench-build.log" || status=1
-	nvcc "${NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu "${LIBS[@]}" >/dev/null 2>&1 || true
+	nvcc "${MLA_NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" 2>&1 | tee "$R/bench-build.log" || status=1
+	nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >/dev/null 2>&1 || true
 	# An earlier kernel version to time side by side ($PREV_KERNEL_DIR holds
 	# its mla_decode.cu and mla_decode_params.h).
 	if [[ -f ${PREV_KERNEL_DIR:=.gpu-bin/prev}/mla_decode.cu ]]; then
-		nvcc "${NVCC_FLAGS[@]}" -DMLA_KERNEL_SOURCE="\"$PWD/$PREV_KERNEL_DIR/mla_decode.cu\"" -o /tmp/mla_bench_prev \
-			hack/gpu/mla_bench.cu "${LIBS[@]}" 2>&1 | tail -n 3
+		nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_KERNEL_SOURCE="\"$PWD/$PREV_KERNEL_DIR/mla_decode.cu\"" -o /tmp/mla_bench_prev \
+			hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" 2>&1 | tail -n 3
 	fi
 fi
 
@@ -104,7 +102,7 @@ if has ab; then
 		[[ $label == *trace ]] && flags="$flags -DMLA_TRACE"
 		rm -f "/tmp/mla_ab_$label" # a warm machine keeps /tmp: no stale build may pass for this one
 		# shellcheck disable=SC2086 # flags are words
-		nvcc "${NVCC_FLAGS[@]}" $flags "${src[@]}" -o "/tmp/mla_ab_$label" hack/gpu/mla_bench.cu "${LIBS[@]}" >"$R/ab-build-$label.log" 2>&1 &
+		nvcc "${MLA_NVCC_FLAGS[@]}" $flags "${src[@]}" -o "/tmp/mla_ab_$label" hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >"$R/ab-build-$label.log" 2>&1 &
 	done
 	wait
 	for spec in ${AB:-}; do
