@@ -92,8 +92,10 @@ fi
 
 if has ab; then
 	step "A/B builds: ${AB:-}"
+	labels=()
 	for spec in ${AB:-}; do
 		label=${spec%%=*} flags=${spec#*=} src=()
+		labels+=("$label")
 		flags=${flags//,/ }
 		if [[ $flags == @* ]]; then
 			dir=${flags%% *} && dir=${dir#@} && flags=${flags#@"$dir"}
@@ -105,39 +107,40 @@ if has ab; then
 		nvcc "${MLA_NVCC_FLAGS[@]}" $flags "${src[@]}" -o "/tmp/mla_ab_$label" hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >"$R/ab-build-$label.log" 2>&1 &
 	done
 	wait
-	for spec in ${AB:-}; do
-		label=${spec%%=*}
-		[[ -x /tmp/mla_ab_$label ]] || { echo "A/B build $label failed:"; tail -n 20 "$R/ab-build-$label.log"; status=1; }
+	timed=() traced=() # the builds that exist, to time or to trace
+	for label in "${labels[@]}"; do
+		if [[ ! -x /tmp/mla_ab_$label ]]; then
+			echo "A/B build $label failed:"; tail -n 20 "$R/ab-build-$label.log"; status=1
+		elif [[ $label == *trace ]]; then
+			traced+=("$label")
+		else
+			timed+=("$label")
+		fi
 	done
 	if [[ ${AB_CHECK:-1} == 1 ]]; then
 		# A build is timed only once its float64 check passed: a wrong
 		# experiment's speed means nothing.
 		step "A/B checks"
-		for spec in ${AB:-}; do
-			label=${spec%%=*}
-			[[ -x /tmp/mla_ab_$label && $label != *trace ]] || continue
+		checked=()
+		for label in "${timed[@]}"; do
 			if timeout 120 "/tmp/mla_ab_$label" check >"$R/ab-check-$label.log" 2>&1; then
 				echo "$label: check ok"
+				checked+=("$label")
 			else
 				echo "$label: CHECK FAILED, not timed:"; grep -v ' ok$' "$R/ab-check-$label.log" | tail -n 15
-				rm -f "/tmp/mla_ab_$label"
+				status=1
 			fi
-		done >"$R/ab-check.txt" 2>&1
-		cat "$R/ab-check.txt"
-		if grep -q 'CHECK FAILED' "$R/ab-check.txt"; then status=1; fi
+		done
+		timed=("${checked[@]}")
 	fi
 	step "A/B timing"
 	for round in $(seq "${AB_ROUNDS:-2}"); do
-		for spec in ${AB:-}; do
-			label=${spec%%=*}
-			[[ -x /tmp/mla_ab_$label && $label != *trace ]] || continue
+		for label in "${timed[@]}"; do
 			BENCH_QUICK=1 BENCH_LABEL="$label-" timeout 120 "/tmp/mla_ab_$label" bench "${AB_KERNELS:-seesaw}" | grep -E '^(\| [a-z]|pair kernel)'
 		done
 		echo "(round $round done)"
 	done 2>&1 | tee "$R/ab.md"
-	for spec in ${AB:-}; do
-		label=${spec%%=*}
-		[[ -x /tmp/mla_ab_$label && $label == *trace ]] || continue
+	for label in "${traced[@]}"; do
 		for shape in ${AB_TRACE:-128:128:4096}; do
 			timeout 60 "/tmp/mla_ab_$label" one "${AB_KERNELS:-seesaw}" ${shape//:/ } | grep -E '^(one|trace)' | sed "s/^/$label /"
 		done
