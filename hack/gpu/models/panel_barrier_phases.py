@@ -57,8 +57,14 @@ def run(pieces):
         if i0+2<n: pair(True,False,True)
         if i0+1<n: pair(False,False,True)
         else: pair(False,False,False)
-    # every fill consumed: count fills vs blocks
-    return True
+    # Every block landed once, on all nine panels of its stage (block j
+    # of a piece goes to stage j % 2): a block filled twice or never
+    # would shift every later parity.
+    for s in (0, 1):
+        for pn in range(9):
+            f = fills[(s, pn)]
+            assert len(set(f)) == len(f), ("block filled twice", s, pn)
+            assert set(f) == {(c, j) for c in range(P) for j in range(pieces[c]) if j % 2 == s}, ("fills", s, pn)
 random.seed(1)
 for trial in range(20000):
     L=random.randint(1,8)
