@@ -60,8 +60,13 @@ bins: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, ku
 ##@ Test
 
 .PHONY: test
-test: verify vet bins build ## Unit, integration (envtest) and end-to-end tests.
+test: verify vet bins build test-scripts ## Unit, integration (envtest) and end-to-end tests.
 	go test $(GO_TEST_FLAGS) -count=1 ./...
+
+.PHONY: test-scripts
+test-scripts: ## The GPU machine's scripts, checked without a GPU: syntax, and the promote step's self-test.
+	for f in hack/*.sh hack/gpu/*.sh; do bash -n "$$f"; done
+	python3 hack/gpu/promote.py --self-test >/dev/null
 
 .PHONY: test-unit
 test-unit: ## Unit tests only (no control plane).

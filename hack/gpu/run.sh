@@ -3,7 +3,10 @@
 # kernels, checks them (C++ float64 check, the Go engine's GPU tests,
 # compute-sanitizer) and benchmarks them, in one go.
 #
-#   hack/gpu/run.sh [stage...]    stages: build check gotest sanitize bench ab
+#   hack/gpu/run.sh [stage...]
+#
+# Stages run in this order, whatever order they are named in: ab promote
+# build check gotest sanitize bench (all but ab and promote by default).
 #
 # ab times several builds of the benchmark side by side, alternating them
 # for $AB_ROUNDS rounds (default 2) on the anchor shapes of $BENCH_HQ (all
@@ -15,6 +18,18 @@
 # seesaw kernel's phases on each shape of $AB_TRACE ("b:h_q:s_k ...").
 # Every other build first runs the float64 check (AB_CHECK=0 skips it); a
 # build that fails it is reported and not timed.
+#
+# promote makes one build's flags (-DNAME=VALUE, each a default in the
+# kernel source) the source's defaults, for the stages after it to build,
+# check and time the module to commit; $R/promoted/ gets the edited source.
+# PROMOTE=auto (the default) takes the build hack/gpu/promote.py picks from
+# this call's ab timings against $AB_BASE (default the first label): at
+# least 2% faster on the geometric mean of the shapes, and not 3% slower on
+# any. Without a winner the run stops there. PROMOTE=label promotes that
+# label of $AB without timings. One call can then go from experiments to a
+# module ready to commit:
+#   AB="head=@.gpu-bin/head new= fq=-DMLA_FUSED_COMBINE=1,-DMLA_EPILOGUE_QUAD=1" \
+#     hack/gpu/run.sh ab promote build check gotest sanitize
 #
 # The Go test binary is built beforehand on a machine with Go and the CUDA
 # headers (no GPU needed) and found at $GO_TEST_BIN (default
@@ -29,6 +44,12 @@ mkdir -p "$OUT/r"
 R=$OUT/r
 GO_TEST_BIN=${GO_TEST_BIN:-.gpu-bin/cuda.test}
 stages=${*:-build check gotest sanitize bench}
+for stage in $stages; do
+	case $stage in
+	ab | promote | build | check | gotest | sanitize | bench) ;;
+	*) echo "unknown stage $stage (ab promote build check gotest sanitize bench)" >&2; exit 2 ;;
+	esac
+done
 . hack/nvcc-flags.sh
 status=0
 
@@ -40,55 +61,6 @@ step() { pack; echo; echo "=== $* ($(date -u +%T))"; }
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$R/machine.txt"
 nvcc --version | tail -n 2 | tee -a "$R/machine.txt"
-
-if has build; then
-	step "build kernels"
-	if ! hack/build-kernels.sh 2>&1 | tee "$R/build.log"; then
-		echo "kernel build failed"; pack; exit 1
-	fi
-	cp kernels/mla_decode.cubin kernels/mla_decode.resources.txt kernels/SOURCES.sha256 "$R/"
-	grep -E 'Function|REG|spill|bytes stack' kernels/mla_decode.resources.txt | head -n 40
-	cuobjdump -sass kernels/mla_decode.cubin >"$R/sass.txt"
-	awk '/Function :/ {f=$3} /HGMMA/ {h[f]++} /HMMA/ {m[f]++} /LDL|STL/ {l[f]++}
-		END {for (k in h) print k, "HGMMA", h[k]; for (k in m) print k, "HMMA", m[k]; for (k in l) print k, "LDL/STL", l[k]}' \
-		"$R/sass.txt" | sort | tee "$R/sass-summary.txt"
-	gzip -f "$R/sass.txt"
-	step "build benchmark driver"
-	nvcc "${MLA_NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" 2>&1 | tee "$R/bench-build.log" || status=1
-	nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >/dev/null 2>&1 || true
-	# An earlier kernel version to time side by side ($PREV_KERNEL_DIR holds
-	# its mla_decode.cu and mla_decode_params.h).
-	if [[ -f ${PREV_KERNEL_DIR:=.gpu-bin/prev}/mla_decode.cu ]]; then
-		nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_KERNEL_SOURCE="\"$PWD/$PREV_KERNEL_DIR/mla_decode.cu\"" -o /tmp/mla_bench_prev \
-			hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" 2>&1 | tail -n 3
-	fi
-fi
-
-if has check; then
-	step "C++ check against float64"
-	timeout 120 /tmp/mla_bench check 2>&1 | tee "$R/check.log" || status=1
-	if ! grep -q 'check: all ok' "$R/check.log" && [[ -x /tmp/mla_bench_swapped ]]; then
-		step "C++ check, V descriptor offsets swapped"
-		timeout 120 /tmp/mla_bench_swapped check 2>&1 | tee "$R/check-swapped.log"
-	fi
-fi
-
-if has gotest; then
-	step "Go engine GPU tests (gorgonia.org/cu + shim)"
-	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 240 "$GO_TEST_BIN" -test.v -test.count=1 2>&1 | tee "$R/gotest.log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|relative L2' || true
-	grep -q '^PASS' "$R/gotest.log" || status=1
-	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 120 "$GO_TEST_BIN" -test.run '^$' -test.bench . -test.benchtime 50x \
-		2>&1 | tee "$R/gobench.log" | grep -E 'Benchmark|ok|FAIL' || true
-fi
-
-if has bench; then
-	step "benchmark"
-	timeout 240 /tmp/mla_bench bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench.md" || status=1
-	if [[ -x /tmp/mla_bench_prev ]]; then
-		step "benchmark, previous version"
-		BENCH_LABEL=prev- timeout 120 /tmp/mla_bench_prev bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench-prev.md"
-	fi
-fi
 
 if has ab; then
 	step "A/B builds: ${AB:-}"
@@ -147,6 +119,87 @@ if has ab; then
 	done 2>&1 | tee "$R/ab-trace.txt"
 fi
 
+if has promote; then
+	# The build to land: its flags become the kernel source's defaults
+	# (hack/gpu/promote.py apply), so that the build stage after this one
+	# makes the module from that source and the rest check and time it.
+	step "promote"
+	ab_builds=${AB:-} && winner=${PROMOTE:-auto} base=${AB_BASE:-${ab_builds%%=*}}
+	if [[ $winner == auto ]]; then
+		[[ -s $R/ab.md ]] || { echo "PROMOTE=auto needs the ab stage's timings in this call"; pack; exit 1; }
+		python3 hack/gpu/promote.py pick "$R/ab.md" "$base" | tee "$R/promote.md"
+		pick_rc=${PIPESTATUS[0]}
+		[[ $pick_rc == 0 || $pick_rc == 3 ]] || { echo "picking the build to promote failed"; pack; exit 1; }
+		winner=$(tail -n 1 "$R/promote.md")
+	fi
+	spec=
+	for s in ${AB:-}; do [[ ${s%%=*} == "$winner" ]] && spec=$s; done
+	if [[ $winner == none || -z $winner ]]; then
+		echo "no build beat ${base:-the base}: nothing promoted, the stages after this one skipped"; pack; exit $status
+	elif [[ -z $spec ]]; then
+		echo "PROMOTE=$winner is not a label of AB=${AB:-}"; pack; exit 1
+	elif [[ ${spec#*=} == @* ]]; then
+		echo "$winner is built from another source (${spec#*=}): only flags can be promoted"; pack; exit 1
+	fi
+	flags=${spec#*=}
+	# shellcheck disable=SC2086 # flags are words
+	python3 hack/gpu/promote.py apply kernels/mla_decode.cu kernels/mla_decode_params.h -- ${flags//,/ } |
+		tee -a "$R/promote.md" || { echo "promoting $winner failed"; pack; exit 1; }
+	echo "promoted $winner ($flags)" | tee -a "$R/promote.md"
+	mkdir -p "$R/promoted" && cp kernels/mla_decode.cu kernels/mla_decode_params.h "$R/promoted/"
+fi
+
+if has build; then
+	# The module and the benchmark builds are independent: one at a time
+	# they took most of a call's first minutes.
+	step "build kernels and benchmark driver"
+	rm -f /tmp/mla_bench /tmp/mla_bench_swapped /tmp/mla_bench_prev # a warm machine keeps /tmp
+	hack/build-kernels.sh >"$R/build.log" 2>&1 &
+	kernels_pid=$!
+	nvcc "${MLA_NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >"$R/bench-build.log" 2>&1 &
+	bench_pid=$!
+	nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >/dev/null 2>&1 &
+	# An earlier kernel version to time side by side ($PREV_KERNEL_DIR holds
+	# its mla_decode.cu and mla_decode_params.h).
+	if [[ -f ${PREV_KERNEL_DIR:=.gpu-bin/prev}/mla_decode.cu ]]; then
+		nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_KERNEL_SOURCE="\"$PWD/$PREV_KERNEL_DIR/mla_decode.cu\"" -o /tmp/mla_bench_prev \
+			hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >"$R/bench-prev-build.log" 2>&1 &
+	fi
+	wait "$kernels_pid"
+	kernels_rc=$?
+	cat "$R/build.log"
+	if [[ $kernels_rc != 0 ]]; then
+		echo "kernel build failed"; wait; pack; exit 1
+	fi
+	wait "$bench_pid" || status=1
+	wait
+	cat "$R/bench-build.log"
+	cp kernels/mla_decode.cubin kernels/mla_decode.resources.txt kernels/SOURCES.sha256 "$R/"
+	grep -E 'Function|REG|spill|bytes stack' kernels/mla_decode.resources.txt | head -n 40
+	cuobjdump -sass kernels/mla_decode.cubin >"$R/sass.txt"
+	awk '/Function :/ {f=$3} /HGMMA/ {h[f]++} /HMMA/ {m[f]++} /LDL|STL/ {l[f]++}
+		END {for (k in h) print k, "HGMMA", h[k]; for (k in m) print k, "HMMA", m[k]; for (k in l) print k, "LDL/STL", l[k]}' \
+		"$R/sass.txt" | sort | tee "$R/sass-summary.txt"
+	gzip -f "$R/sass.txt"
+fi
+
+if has check; then
+	step "C++ check against float64"
+	timeout 120 /tmp/mla_bench check 2>&1 | tee "$R/check.log" || status=1
+	if ! grep -q 'check: all ok' "$R/check.log" && [[ -x /tmp/mla_bench_swapped ]]; then
+		step "C++ check, V descriptor offsets swapped"
+		timeout 120 /tmp/mla_bench_swapped check 2>&1 | tee "$R/check-swapped.log"
+	fi
+fi
+
+if has gotest; then
+	step "Go engine GPU tests (gorgonia.org/cu + shim)"
+	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 240 "$GO_TEST_BIN" -test.v -test.count=1 2>&1 | tee "$R/gotest.log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|relative L2' || true
+	grep -q '^PASS' "$R/gotest.log" || status=1
+	MLA_CUDA_MODULE=kernels/mla_decode.cubin timeout 120 "$GO_TEST_BIN" -test.run '^$' -test.bench . -test.benchtime 50x \
+		2>&1 | tee "$R/gobench.log" | grep -E 'Benchmark|ok|FAIL' || true
+fi
+
 if has sanitize; then
 	for tool in memcheck racecheck; do
 		step "compute-sanitizer $tool"
@@ -155,6 +208,15 @@ if has sanitize; then
 		echo "exit $rc"; tail -n 5 "$R/sanitizer-$tool.log"
 		[[ $rc == 0 ]] || status=1
 	done
+fi
+
+if has bench; then
+	step "benchmark"
+	timeout 240 /tmp/mla_bench bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench.md" || status=1
+	if [[ -x /tmp/mla_bench_prev ]]; then
+		step "benchmark, previous version"
+		BENCH_LABEL=prev- timeout 120 /tmp/mla_bench_prev bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench-prev.md"
+	fi
 fi
 
 pack && rm -rf "$R"
