@@ -64,7 +64,7 @@ nvcc --version | tail -n 2 | tee -a "$R/machine.txt"
 
 if has ab; then
 	step "A/B builds: ${AB:-}"
-	labels=()
+	labels=() && declare -A check_pid
 	for spec in ${AB:-}; do
 		label=${spec%%=*} flags=${spec#*=} src=()
 		labels+=("$label")
@@ -92,10 +92,16 @@ if has ab; then
 	if [[ ${AB_CHECK:-1} == 1 ]]; then
 		# A build is timed only once its float64 check passed: a wrong
 		# experiment's speed means nothing.
+		# The checks run side by side: most of a check is its float64
+		# reference on one CPU core, and the GPU has room for all of them.
 		step "A/B checks"
+		for label in "${timed[@]}"; do
+			timeout 180 "/tmp/mla_ab_$label" check >"$R/ab-check-$label.log" 2>&1 &
+			check_pid[$label]=$!
+		done
 		checked=()
 		for label in "${timed[@]}"; do
-			if timeout 120 "/tmp/mla_ab_$label" check >"$R/ab-check-$label.log" 2>&1; then
+			if wait "${check_pid[$label]}"; then
 				echo "$label: check ok"
 				checked+=("$label")
 			else
