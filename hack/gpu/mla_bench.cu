@@ -294,6 +294,11 @@ int run_check() {
     f += check_case(128, 2, lens, 4);
     g_parts = 5;
     f += check_case(64, 1, lens, 5);
+    // Equal lengths: 6 x 4 blocks over 4 parts balance at 9 cost units a
+    // part, splitting sequences; a scheduler allowed larger parts where
+    // none splits (MLA_SCHED_UNSPLIT_SLACK) takes 12, and leaves a part empty.
+    g_parts = 4;
+    f += check_case(128, 1, std::vector<int>(6, 200), 6);
     g_parts = 0;
   }
   printf("check: %s\n", f ? "FAILED" : "all ok");
