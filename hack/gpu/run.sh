@@ -211,7 +211,8 @@ if has sanitize; then
 		step "compute-sanitizer $tool"
 		timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 /tmp/mla_bench check >"$R/sanitizer-$tool.log" 2>&1
 		rc=$?
-		echo "exit $rc"; tail -n 5 "$R/sanitizer-$tool.log"
+		echo "compute-sanitizer exit $rc" >>"$R/sanitizer-$tool.log" # what hack/gpu/land.sh reads
+		tail -n 6 "$R/sanitizer-$tool.log"
 		[[ $rc == 0 ]] || status=1
 	done
 fi
