@@ -3,7 +3,7 @@
 it, then makes its flags the kernel source's defaults, so that the module
 built next (and committed) is that build.
 
-  python3 hack/gpu/promote.py pick AB_MD BASE_LABEL [--margin 0.02] [--floor 0.97]
+  python3 hack/gpu/promote.py pick AB_MD BASE_LABEL [--margin 0.02] [--floor 0.95]
   python3 hack/gpu/promote.py apply FILE... -- FLAG...
   python3 hack/gpu/promote.py --self-test
 
@@ -74,7 +74,7 @@ def best_times(times):
     return best
 
 
-def pick(times, base, margin=0.02, floor=0.97):
+def pick(times, base, margin=0.02, floor=0.95):
     """Returns (winner or None, report lines)."""
     best = best_times(times)
     if base not in best:
@@ -148,7 +148,7 @@ def self_test():
     header = ["| kernel | b | h_q | s_q | s_k | us | GB/s | TFLOP/s | of copy BW | FlashMLA us | of FlashMLA GB/s | us with schedule |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|", "pair kernel: 66 clusters of 2 at once (132 SMs)", "(round 1 done)"]
     # Two rounds; "fast" is 10% faster everywhere through its pair kernel
-    # (its seesaw is slower), "mixed" 20% faster on two shapes and 5% slower
+    # (its seesaw is slower), "mixed" 20% faster on two shapes and 8% slower
     # on the third, "flat" within the margin.
     table = header[:]
     for r in (0, 1):
@@ -156,14 +156,14 @@ def self_test():
         table += rows("head", "seesaw", {s: t * jitter for s, t in base.items()})
         table += rows("fast", "seesaw", {s: t * 1.1 for s, t in base.items()})
         table += rows("fast", "pair", {s: t / 1.1 * jitter for s, t in base.items()})
-        table += rows("mixed", "seesaw", {s: t / (1.2 if s[2] == 1024 and s[1] == 128 or s[2] == 4096 else 0.95) for s, t in base.items()})
+        table += rows("mixed", "seesaw", {s: t / (1.2 if s[2] == 1024 and s[1] == 128 or s[2] == 4096 else 0.92) for s, t in base.items()})
         table += rows("flat", "seesaw", {s: t / 1.01 for s, t in base.items()})
         table += ["| fast-pair varlen | 128 | 64 | 1 | mean 4096 | 1.0 | 1 | 1 | 1 | | | 1 |"]
     times = parse(table)
     winner, report = pick(times, "head")
     assert winner == "fast", (winner, report)
     lowest = {line.split("|")[1].strip(): float(line.split("|")[3]) for line in report[3:]}
-    assert abs(lowest["fast"] - 1.1) < 0.003 and abs(lowest["mixed"] - 0.95) < 0.003, report
+    assert abs(lowest["fast"] - 1.1) < 0.003 and abs(lowest["mixed"] - 0.92) < 0.003, report
     # Without "fast": "mixed" scores 1.12 but loses a shape, "flat" is
     # within the margin: nothing is promoted.
     winner, _ = pick({k: v for k, v in times.items() if k[0] != "fast"}, "head")
@@ -229,7 +229,7 @@ def main(argv):
                 apply(args[:sep], args[sep + 1:])
                 return 0
         if cmd == "pick":
-            opts = {"--margin": 0.02, "--floor": 0.97}
+            opts = {"--margin": 0.02, "--floor": 0.95}
             rest, it = [], iter(args)
             for a in it:
                 if a in opts:

@@ -24,7 +24,7 @@
 # check and time the module to commit; $R/promoted/ gets the edited source.
 # PROMOTE=auto (the default) takes the build hack/gpu/promote.py picks from
 # this call's ab timings against $AB_BASE (default the first label): at
-# least 2% faster on the geometric mean of the shapes, and not 3% slower on
+# least 2% faster on the geometric mean of the shapes, and not 5% slower on
 # any. Without a winner the run stops there. PROMOTE=label promotes that
 # label of $AB without timings. One call can then go from experiments to a
 # module ready to commit:
