@@ -66,7 +66,7 @@ test: verify vet bins build test-scripts ## Unit, integration (envtest) and end-
 .PHONY: test-scripts
 test-scripts: ## The GPU machine's scripts, checked without a GPU: syntax, and the promote step's self-test.
 	for f in hack/*.sh hack/gpu/*.sh; do bash -n "$$f"; done
-	python3 hack/gpu/promote.py --self-test >/dev/null
+	python3 hack/gpu/promote.py self-test >/dev/null
 
 .PHONY: test-unit
 test-unit: ## Unit tests only (no control plane).

@@ -4,8 +4,8 @@ it, then makes its flags the kernel source's defaults, so that the module
 built next (and committed) is that build.
 
   python3 hack/gpu/promote.py pick AB_MD BASE_LABEL [--margin 0.02] [--floor 0.95]
-  python3 hack/gpu/promote.py apply FILE... -- FLAG...
-  python3 hack/gpu/promote.py --self-test
+  python3 hack/gpu/promote.py apply -f FILE [-f FILE ...] -- FLAG...
+  python3 hack/gpu/promote.py self-test
 
 pick: AB_MD is the ab stage's table (r/ab.md): rows "| LABEL-KERNEL | b |
 h_q | s_q | s_k | us | ..." from every round. For each build and shape the
@@ -29,6 +29,9 @@ Malformed input exits 2. Written here rather than taken from a library: a
 median, a geometric mean and a table over a few dozen rows of this
 project's own format, and a two-line pattern in its own sources.
 """
+import argparse
+import contextlib
+import io
 import math
 import os
 import re
@@ -214,40 +217,61 @@ def self_test():
             assert f.read() == "#ifndef MLA_A  // a\n#define MLA_A 1\n#endif\n#define MLA_B 0\n#ifndef MLA_C\n#define MLA_C 1\n#endif\n"
             assert g.read() == "x\n#ifndef MLA_D\n#define MLA_D 16  // d\n#endif\n#ifndef MLA_C\n#define MLA_C 1\n#endif\n"
         assert apply([h], ["-DMLA_C=1"]) == []
+        # The command lines run.sh uses, their output kept out of the test's.
+        md = os.path.join(d, "ab.md")
+        with open(md, "w") as f:
+            f.write("\n".join(table))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            assert main(["promote.py", "apply", "-f", h, "-f", cu, "--", "-DMLA_A=0"]) == 0
+            assert main(["promote.py", "apply", "-f", h, "--", "-DMLA_B=1"]) == 2
+            assert main(["promote.py", "pick", md, "head"]) == 0
+            assert out.getvalue().endswith("\nfast\n"), out.getvalue()
+            assert main(["promote.py", "pick", md, "head", "--margin", "0.2"]) == 3
+            assert main(["promote.py", "pick", md, "nobody"]) == 2
+        with open(h) as f:
+            assert f.read().startswith("#ifndef MLA_A  // a\n#define MLA_A 0\n")
     print("promote self-test: ok")
 
 
+def finite(text):
+    """argparse type: a finite float."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def main(argv):
-    cmd, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+    parser = argparse.ArgumentParser(prog="promote.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_pick = commands.add_parser("pick", help="the build to promote, from an A/B table")
+    p_pick.add_argument("ab_md", help="the ab stage's table (r/ab.md)")
+    p_pick.add_argument("base", help="the label the others are compared with")
+    p_pick.add_argument("--margin", type=finite, default=0.02, help="the least gain on the geometric mean (default 0.02)")
+    p_pick.add_argument("--floor", type=finite, default=0.95, help="the lowest speed-up any shape may have (default 0.95)")
+    p_apply = commands.add_parser("apply", help="make -DNAME=VALUE flags the sources' defaults")
+    p_apply.add_argument("-f", "--file", dest="files", action="append", required=True, help="a source with defaults (repeatable)")
+    p_apply.add_argument("flags", nargs="*", help="-DNAME=VALUE, after --")
+    commands.add_parser("self-test", help="check this script")
+    args = parser.parse_args(argv[1:])
     try:
-        if cmd == "--self-test" and not args:
+        if args.command == "self-test":
             self_test()
-            return 0
-        if cmd == "apply" and "--" in args:
-            sep = args.index("--")
-            if sep > 0:
-                apply(args[:sep], args[sep + 1:])
-                return 0
-        if cmd == "pick":
-            opts = {"--margin": 0.02, "--floor": 0.95}
-            rest, it = [], iter(args)
-            for a in it:
-                if a in opts:
-                    opts[a] = float(next(it, "nan"))
-                else:
-                    rest.append(a)
-            if len(rest) == 2 and all(math.isfinite(v) for v in opts.values()):
-                with open(rest[0]) as f:
-                    times = parse(f)
-                winner, report = pick(times, rest[1], opts["--margin"], opts["--floor"])
-                print("\n".join(report))
-                print(winner or "none")
-                return 0 if winner else 3
+        elif args.command == "apply":
+            apply(args.files, args.flags)
+        else:
+            with open(args.ab_md) as f:
+                times = parse(f)
+            winner, report = pick(times, args.base, args.margin, args.floor)
+            print("\n".join(report))
+            print(winner or "none")
+            return 0 if winner else 3
     except (OSError, ValueError) as e:
-        print(f"promote {cmd}: {e}", file=sys.stderr)
+        print(f"promote {args.command}: {e}", file=sys.stderr)
         return 2
-    print(__doc__.split("\n\n")[1], file=sys.stderr)
-    return 2
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

@@ -149,7 +149,7 @@ if has promote; then
 	fi
 	flags=${spec#*=}
 	# shellcheck disable=SC2086 # flags are words
-	python3 hack/gpu/promote.py apply kernels/mla_decode.cu kernels/mla_decode_params.h -- ${flags//,/ } |
+	python3 hack/gpu/promote.py apply -f kernels/mla_decode.cu -f kernels/mla_decode_params.h -- ${flags//,/ } |
 		tee -a "$R/promote.md" || { echo "promoting $winner failed"; pack; exit 1; }
 	echo "promoted $winner ($flags)" | tee -a "$R/promote.md"
 	mkdir -p "$R/promoted" && cp kernels/mla_decode.cu kernels/mla_decode_params.h "$R/promoted/"
