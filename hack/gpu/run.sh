@@ -17,7 +17,9 @@
 # A label ending in "trace" is built with -DMLA_TRACE and prints the
 # seesaw kernel's phases on each shape of $AB_TRACE ("b:h_q:s_k ...").
 # Every other build first runs the float64 check (AB_CHECK=0 skips it); a
-# build that fails it is reported and not timed.
+# build that fails it is reported and not timed. An earlier kernel version
+# is timed beside the working tree's as a label built from its folder
+# (AB="prev=@.gpu-bin/prev new=").
 #
 # promote makes one build's flags (-DNAME=VALUE, each a default in the
 # kernel source) the source's defaults, for the stages after it to build,
@@ -57,6 +59,21 @@ has() { [[ " $stages " == *" $1 "* ]]; }
 # pack refreshes $OUT/results.tgz, so a run cut short still returns its logs.
 pack() { tar -C "$OUT" -czf "$OUT/results.tgz.tmp" r && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 step() { pack; echo; echo "=== $* ($(date -u +%T))"; }
+# stop ends the run with the logs so far: stop STATUS MESSAGE.
+stop() { echo "$2"; pack; exit "$1"; }
+
+# $AB, parsed once for the ab and promote stages: the labels in order, each
+# label's nvcc options (commas to spaces) and the folder of the kernel
+# source it builds instead of the working tree's (@dir), if any.
+ab_labels=() && declare -A ab_flags ab_source
+for spec in ${AB:-}; do
+	label=${spec%%=*} flags=${spec#*=}
+	flags=${flags//,/ }
+	if [[ $flags == @* ]]; then
+		dir=${flags%% *} && flags=${flags#"$dir"} && ab_source[$label]=${dir#@}
+	fi
+	ab_labels+=("$label") && ab_flags[$label]=$flags
+done
 
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$R/machine.txt"
@@ -64,15 +81,10 @@ nvcc --version | tail -n 2 | tee -a "$R/machine.txt"
 
 if has ab; then
 	step "A/B builds: ${AB:-}"
-	labels=() && declare -A check_pid
-	for spec in ${AB:-}; do
-		label=${spec%%=*} flags=${spec#*=} src=()
-		labels+=("$label")
-		flags=${flags//,/ }
-		if [[ $flags == @* ]]; then
-			dir=${flags%% *} && dir=${dir#@} && flags=${flags#@"$dir"}
-			src=(-DMLA_KERNEL_SOURCE="\"$PWD/$dir/mla_decode.cu\"")
-		fi
+	declare -A check_pid
+	for label in "${ab_labels[@]}"; do
+		flags=${ab_flags[$label]} src=()
+		[[ -n ${ab_source[$label]:-} ]] && src=(-DMLA_KERNEL_SOURCE="\"$PWD/${ab_source[$label]}/mla_decode.cu\"")
 		[[ $label == *trace ]] && flags="$flags -DMLA_TRACE"
 		rm -f "/tmp/mla_ab_$label" # a warm machine keeps /tmp: no stale build may pass for this one
 		# shellcheck disable=SC2086 # flags are words
@@ -80,7 +92,7 @@ if has ab; then
 	done
 	wait
 	timed=() traced=() # the builds that exist, to time or to trace
-	for label in "${labels[@]}"; do
+	for label in "${ab_labels[@]}"; do
 		if [[ ! -x /tmp/mla_ab_$label ]]; then
 			echo "A/B build $label failed:"; tail -n 20 "$R/ab-build-$label.log"; status=1
 		elif [[ $label == *trace ]]; then
@@ -130,27 +142,21 @@ if has promote; then
 	# (hack/gpu/promote.py apply), so that the build stage after this one
 	# makes the module from that source and the rest check and time it.
 	step "promote"
-	ab_builds=${AB:-} && winner=${PROMOTE:-auto} base=${AB_BASE:-${ab_builds%%=*}}
+	winner=${PROMOTE:-auto} base=${AB_BASE:-${ab_labels[0]:-}}
 	if [[ $winner == auto ]]; then
-		[[ -s $R/ab.md ]] || { echo "PROMOTE=auto needs the ab stage's timings in this call"; pack; exit 1; }
+		[[ -s $R/ab.md ]] || stop 1 "PROMOTE=auto needs the ab stage's timings in this call"
 		python3 hack/gpu/promote.py pick "$R/ab.md" "$base" | tee "$R/promote.md"
 		pick_rc=${PIPESTATUS[0]}
-		[[ $pick_rc == 0 || $pick_rc == 3 ]] || { echo "picking the build to promote failed"; pack; exit 1; }
+		[[ $pick_rc == 0 || $pick_rc == 3 ]] || stop 1 "picking the build to promote failed"
 		winner=$(tail -n 1 "$R/promote.md")
+		[[ $winner != none ]] || stop "$status" "no build beat $base: nothing promoted, the stages after this one skipped"
 	fi
-	spec=
-	for s in ${AB:-}; do [[ ${s%%=*} == "$winner" ]] && spec=$s; done
-	if [[ $winner == none || -z $winner ]]; then
-		echo "no build beat ${base:-the base}: nothing promoted, the stages after this one skipped"; pack; exit $status
-	elif [[ -z $spec ]]; then
-		echo "PROMOTE=$winner is not a label of AB=${AB:-}"; pack; exit 1
-	elif [[ ${spec#*=} == @* ]]; then
-		echo "$winner is built from another source (${spec#*=}): only flags can be promoted"; pack; exit 1
-	fi
-	flags=${spec#*=}
+	[[ -v ab_flags[$winner] ]] || stop 1 "PROMOTE=$winner is not a label of AB=${AB:-}"
+	[[ -z ${ab_source[$winner]:-} ]] || stop 1 "$winner is built from another source (@${ab_source[$winner]}): only flags can be promoted"
+	flags=${ab_flags[$winner]}
 	# shellcheck disable=SC2086 # flags are words
-	python3 hack/gpu/promote.py apply -f kernels/mla_decode.cu -f kernels/mla_decode_params.h -- ${flags//,/ } |
-		tee -a "$R/promote.md" || { echo "promoting $winner failed"; pack; exit 1; }
+	python3 hack/gpu/promote.py apply -f kernels/mla_decode.cu -f kernels/mla_decode_params.h -- $flags |
+		tee -a "$R/promote.md" || stop 1 "promoting $winner failed"
 	echo "promoted $winner ($flags)" | tee -a "$R/promote.md"
 	mkdir -p "$R/promoted" && cp kernels/mla_decode.cu kernels/mla_decode_params.h "$R/promoted/"
 fi
@@ -159,24 +165,16 @@ if has build; then
 	# The module and the benchmark builds are independent: one at a time
 	# they took most of a call's first minutes.
 	step "build kernels and benchmark driver"
-	rm -f /tmp/mla_bench /tmp/mla_bench_swapped /tmp/mla_bench_prev # a warm machine keeps /tmp
+	rm -f /tmp/mla_bench /tmp/mla_bench_swapped # a warm machine keeps /tmp
 	hack/build-kernels.sh >"$R/build.log" 2>&1 &
 	kernels_pid=$!
 	nvcc "${MLA_NVCC_FLAGS[@]}" -o /tmp/mla_bench hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >"$R/bench-build.log" 2>&1 &
 	bench_pid=$!
 	nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_V_DESC_SWAPPED -o /tmp/mla_bench_swapped hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >/dev/null 2>&1 &
-	# An earlier kernel version to time side by side ($PREV_KERNEL_DIR holds
-	# its mla_decode.cu and mla_decode_params.h).
-	if [[ -f ${PREV_KERNEL_DIR:=.gpu-bin/prev}/mla_decode.cu ]]; then
-		nvcc "${MLA_NVCC_FLAGS[@]}" -DMLA_KERNEL_SOURCE="\"$PWD/$PREV_KERNEL_DIR/mla_decode.cu\"" -o /tmp/mla_bench_prev \
-			hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}" >"$R/bench-prev-build.log" 2>&1 &
-	fi
 	wait "$kernels_pid"
 	kernels_rc=$?
 	cat "$R/build.log"
-	if [[ $kernels_rc != 0 ]]; then
-		echo "kernel build failed"; wait; pack; exit 1
-	fi
+	[[ $kernels_rc == 0 ]] || { wait; stop 1 "kernel build failed"; }
 	wait "$bench_pid" || status=1
 	wait
 	cat "$R/bench-build.log"
@@ -220,10 +218,6 @@ fi
 if has bench; then
 	step "benchmark"
 	timeout 240 /tmp/mla_bench bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench.md" || status=1
-	if [[ -x /tmp/mla_bench_prev ]]; then
-		step "benchmark, previous version"
-		BENCH_LABEL=prev- timeout 120 /tmp/mla_bench_prev bench ${BENCH_ONLY:-} 2>&1 | tee "$R/bench-prev.md"
-	fi
 fi
 
 pack && rm -rf "$R"
