@@ -117,12 +117,21 @@ Kernel kernel_for(Kernel fn, const Problem& pr) {
   return fn;
 }
 
-// One layer's launches once the step's schedule exists: decode and combine.
-void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
+void launch_decode(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
   kernel_for(fn, pr)<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES, st>>>(p);
+}
+void launch_combine(const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
 #ifndef MLA_HAS_FUSED_COMBINE  // else the decode kernel combines split sequences itself
   mla_decode_combine<<<dim3(pr.batch, cdiv(pr.rows(), 8)), 256, 0, st>>>(p);
+#else
+  (void)pr, (void)p, (void)st;
 #endif
+}
+
+// One layer's launches once the step's schedule exists: decode and combine.
+void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
+  launch_decode(fn, pr, p, st);
+  launch_combine(pr, p, st);
 }
 
 #ifdef MLA_KV_MAP_BYTES  // absent from kernel versions before v10
@@ -436,11 +445,9 @@ void phase_breakdown(Kernel fn, const char* name, int batch, int h_q, int s_k) {
     CK(cudaEventRecord(ev[4 * i]));
     if constexpr (kSeparateSchedule) launch_schedule(p, 0);
     CK(cudaEventRecord(ev[4 * i + 1]));
-    kernel_for(fn, pr)<<<dim3(pr.parts(), pr.tiles()), MLA_THREADS, MLA_SMEM_BYTES>>>(p);
+    launch_decode(fn, pr, p, 0);
     CK(cudaEventRecord(ev[4 * i + 2]));
-#ifndef MLA_HAS_FUSED_COMBINE
-    mla_decode_combine<<<dim3(batch, cdiv(pr.rows(), 8)), 256>>>(p);
-#endif
+    launch_combine(pr, p, 0);
     CK(cudaEventRecord(ev[4 * i + 3]));
   }
   CK(cudaDeviceSynchronize());
