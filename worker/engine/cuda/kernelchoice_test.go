@@ -86,13 +86,15 @@ func TestMeanLen(t *testing.T) {
 	}
 }
 
-// moduleWith is a lookup over a module that has the given functions; any
-// other name fails with errNotFound, and broken names with errBroken.
+// The errors of moduleWith's lookups: a function the module lacks, and
+// one it has but cannot load.
 var (
 	errNotFound = errors.New("not found")
 	errBroken   = errors.New("broken image")
 )
 
+// moduleWith is a lookup over a module that has the given functions; any
+// other name fails with errNotFound, and broken names with errBroken.
 func moduleWith(broken []string, names ...string) func(string) (string, error) {
 	return func(name string) (string, error) {
 		switch {
