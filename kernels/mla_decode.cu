@@ -9,13 +9,15 @@
 //   mla_decode_schedule  one warp: balances the batch's 64-token KV blocks
 //                        (plus a fixed per-sequence charge) over num_parts
 //                        parts, one part per CTA column.
-//   mla_decode_{mma,wgmma}  grid (num_parts, query tiles): each CTA walks the
-//                        blocks of its part for one 64-row query tile (rows
-//                        are (s_q, h_q) flattened, so the heads sharing the
-//                        latent head form the M dimension). A sequence that
-//                        lies inside one part is written out directly; a
-//                        split one leaves a normalized fp32 partial and its
-//                        log-sum-exp.
+//   mla_decode_{mma,wgmma,seesaw}  grid (num_parts, query tiles): each CTA
+//                        walks the blocks of its part for one 64-row query
+//                        tile (rows are (s_q, h_q) flattened, so the heads
+//                        sharing the latent head form the M dimension). A
+//                        sequence that lies inside one part is written out
+//                        directly; a split one leaves a normalized fp32
+//                        partial and its log-sum-exp. mma and wgmma run the
+//                        warpgroups in lockstep; seesaw (below) lets them
+//                        take turns on pairs of blocks.
 //   mla_decode_combine   merges the partials of split sequences.
 //
 // One fused pass per KV block: S = Q K^T over 576 dims, online softmax, O +=
@@ -44,6 +46,34 @@
 
 // Tells the benchmark driver this source has mla_decode_seesaw.
 #define MLA_HAS_SEESAW 1
+#ifndef MLA_SEESAW_PAIR  // mla_decode_seesaw_pair (experiment)
+#define MLA_SEESAW_PAIR 0
+#endif
+#ifndef MLA_EPILOGUE_QUAD  // 16-byte output stores in the seesaw epilogue (experiment)
+#define MLA_EPILOGUE_QUAD 0
+#endif
+#ifndef MLA_PANEL_BARRIERS  // seesaw: one barrier per 64-column panel, not per share (experiment)
+#define MLA_PANEL_BARRIERS 0
+#endif
+#ifndef MLA_FUSED_COMBINE  // split sequences combined by their last piece, no combine launch (experiment)
+#define MLA_FUSED_COMBINE 0
+#endif
+// What the benchmark driver builds on, as MLA_HAS_SEESAW: a source without
+// these kernels or this epilogue ignores the flags.
+#if MLA_SEESAW_PAIR
+#define MLA_HAS_SEESAW_PAIR 1
+#endif
+#if MLA_FUSED_COMBINE
+#define MLA_HAS_FUSED_COMBINE 1
+#endif
+
+#if MLA_FUSED_COMBINE
+// Present in a module whose decode kernels combine split sequences
+// themselves: launchers then skip mla_decode_combine.
+extern "C" {
+__device__ int mla_decode_fused_combine = 1;
+}
+#endif
 
 namespace {
 
@@ -102,13 +132,17 @@ __device__ __forceinline__ void fence_proxy_async() {
 }
 
 // Loads rows [0, valid_rows) of a 64 x 576 bf16 row-major block into a
-// swizzled tile and zero-fills the rest. Consecutive threads copy
-// consecutive 16-byte chunks, so the CTA streams the block in address order
-// (a warp-per-row order with cheaper addressing measured 3-8% slower, v7).
-__device__ __forceinline__ void load_tile_async(uint32_t dst, const __nv_bfloat16* src, int valid_rows) {
-#pragma unroll
-  for (int j = 0; j < kChunksPerThread; ++j) {
-    const int i = threadIdx.x + j * kThreads;
+// swizzled tile and zero-fills the rest, copied by kCopyThreads threads
+// (thread index t). Consecutive threads copy consecutive 16-byte chunks, so
+// the CTA streams the block in address order (a warp-per-row order with
+// cheaper addressing measured 3-8% slower, v7).
+template <int kCopyThreads, int kUnroll>
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const __nv_bfloat16* src, int valid_rows, int t) {
+  constexpr int kChunks = kRows * kChunksPerRow / kCopyThreads;
+  static_assert(kRows * kChunksPerRow % kCopyThreads == 0, "tile load must divide evenly");
+#pragma unroll kUnroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int i = t + j * kCopyThreads;
     const int row = i / kChunksPerRow;
     const int c16 = i % kChunksPerRow;
     const bool valid = row < valid_rows;
@@ -116,6 +150,10 @@ __device__ __forceinline__ void load_tile_async(uint32_t dst, const __nv_bfloat1
     const uint32_t off = (c16 >> 3) * kPanelBytes + row * 128 + (((c16 & 7) ^ (row & 7)) << 4);
     cp_async_16(dst + off, s, valid ? 16 : 0);
   }
+}
+// The whole CTA copies a tile (the lockstep kernels).
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const __nv_bfloat16* src, int valid_rows) {
+  load_tile_async<kThreads, kChunksPerThread>(dst, src, valid_rows, threadIdx.x);
 }
 
 // ---------------------------------------------------------------- mma.sync
@@ -279,6 +317,99 @@ __device__ __forceinline__ void pv_wgmma(float (&o)[32][4], uint32_t p_tile, uin
   wgmma_wait_all();
 }
 
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The sum of a row's values over the four threads that hold it.
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Row frag_row + 8 i of one warpgroup's half of O (columns 256 h ..,
+// S's accumulator layout: o[n][2 i .. 2 i + 1] are columns 8 n + 2 (lane
+// % 4) and + 1) times inv: bf16 into out when the sequence lies in one
+// part, else into its partial slot in fp32; half 0 writes the row's lse.
+// Shared by the lockstep and seesaw epilogues.
+__device__ __forceinline__ void store_row(const float (&o)[32][4], int i, float inv, float lse, bool whole, int b, int slot,
+                                          int row, int h, int lane, const MlaDecodeParams& p) {
+  const int R = p.s_q * p.h_q;
+  if (whole) {
+    __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV + 256 * h;
+#if MLA_EPILOGUE_QUAD
+    // The four threads of a row trade values so that each stores 8
+    // consecutive columns (16 bytes) at once: full sectors and a quarter
+    // of the store instructions.
+    const int qd = lane & 3;
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+      uint32_t v[4], got[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = pack_bf16(o[4 * g + j][2 * i] * inv, o[4 * g + j][2 * i + 1] * inv);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        // Round r: lane qd gets lane (qd ^ r)'s pair of group 4 g + qd.
+        const int si = qd ^ r;
+        const uint32_t send = si == 0 ? v[0] : si == 1 ? v[1] : si == 2 ? v[2] : v[3];
+        // Only this row's quad, which is all a shuffle here needs (finish_rows
+        // leaves per warp for rows past R; a quad mask stays right if a caller
+        // ever skips per row).
+        const uint32_t x = r == 0 ? send : __shfl_xor_sync(0xfu << (lane & 28), send, r);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (k == si) got[k] = x;
+      }
+      *reinterpret_cast<uint4*>(out + 8 * (4 * g + qd)) = make_uint4(got[0], got[1], got[2], got[3]);
+    }
+#else
+#pragma unroll
+    for (int n = 0; n < 32; ++n)
+      *reinterpret_cast<uint32_t*>(out + 8 * n + 2 * (lane & 3)) = pack_bf16(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+#endif
+    if (h == 0 && (lane & 3) == 0) {
+      const int sq = row / p.h_q, head = row % p.h_q;
+      reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse;
+    }
+  } else {
+    float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV + 256 * h;
+#if MLA_EPILOGUE_QUAD
+    // Each store instruction covers 64 contiguous bytes of a row (two full
+    // sectors) instead of 32: per pair of groups (a, a + 1, 16 columns),
+    // lane qd stores columns 4 qd .. 4 qd + 3 of them, that is group
+    // a + qd / 2's pairs 2 (qd % 2) and 2 (qd % 2) + 1. It fetches them in
+    // two rounds whose sources are distinct lanes (a shuffle source offers
+    // one value): round 1 reads lane k = 2 (qd % 2) + qd / 2, which offers
+    // group a if k is even, a + 1 if odd; round 2 reads lane k ^ 1, which
+    // offers the other group.
+    const int qd = lane & 3;
+    const bool odd = qd & 1;
+    const int k = ((qd & 1) << 1) | (qd >> 1);
+    const unsigned quad = 0xfu << (lane & 28);  // only this row's quad, as in the bf16 path
+#pragma unroll
+    for (int a = 0; a < 32; a += 2) {
+      const float x0 = odd ? o[a + 1][2 * i] : o[a][2 * i], x1 = odd ? o[a + 1][2 * i + 1] : o[a][2 * i + 1];
+      const float y0 = odd ? o[a][2 * i] : o[a + 1][2 * i], y1 = odd ? o[a][2 * i + 1] : o[a + 1][2 * i + 1];
+      const float u0 = __shfl_sync(quad, x0, k, 4), u1 = __shfl_sync(quad, x1, k, 4);
+      const float v0 = __shfl_sync(quad, y0, k ^ 1, 4), v1 = __shfl_sync(quad, y1, k ^ 1, 4);
+      // Column order: the lower pair index first (k is even for qd < 2).
+      *reinterpret_cast<float4*>(out + 8 * a + 4 * qd) =
+          qd < 2 ? make_float4(u0 * inv, u1 * inv, v0 * inv, v1 * inv) : make_float4(v0 * inv, v1 * inv, u0 * inv, u1 * inv);
+    }
+#else
+#pragma unroll
+    for (int n = 0; n < 32; ++n)
+      *reinterpret_cast<float2*>(out + 8 * n + 2 * (lane & 3)) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+#endif
+    // With MLA_FUSED_COMBINE each half counts its own writes (finish_rows),
+    // so each writes the lse too (the same value: both halves' sums and
+    // maxima are the same numbers).
+    if ((MLA_FUSED_COMBINE || h == 0) && (lane & 3) == 0)
+      reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
+  }
+}
+
 // ---------------------------------------------------------------- schedule
 
 struct Schedule {
@@ -288,6 +419,9 @@ struct Schedule {
   __device__ const int* prefix() const { return ws + MLA_SCHED_HEADER; }
   __device__ const int* split_base() const { return ws + MLA_SCHED_HEADER + batch + 1; }
   __device__ const int* part_start() const { return ws + MLA_SCHED_HEADER + 2 * batch + 1; }
+#if MLA_FUSED_COMBINE
+  __device__ int* counters(int num_parts) const { return const_cast<int*>(part_start()) + num_parts; }
+#endif
 };
 
 __device__ __forceinline__ int warp_inclusive_scan(int v) {
@@ -298,6 +432,120 @@ __device__ __forceinline__ int warp_inclusive_scan(int v) {
     if (lane >= d) v += n;
   }
   return v;
+}
+
+// The sequence at cost position x < prefix[B]: the largest b with
+// prefix[b] <= x.
+__device__ __forceinline__ int sequence_at(const int* prefix, int B, int x) {
+  int lo = 0, hi = B - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (prefix[mid] <= x) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// A piece's epilogue for one warp's rows (frag_row and frag_row + 8) of
+// warpgroup h's half of O, given each row's 1 / sum and lse: bf16 into out
+// when the sequence lies in one part, else an fp32 partial. With
+// MLA_FUSED_COMBINE the warp then counts its rows' partial as written, and
+// the warp whose count completes the sequence (for these rows and half)
+// combines every other piece's partial with its own, still in registers,
+// and writes out and lse: no combine launch, and the combining overlaps
+// other CTAs' decoding. o is clobbered.
+__device__ __forceinline__ void finish_rows(float (&o)[32][4], const float (&inv)[2], const float (&lse)[2],
+                                            const Schedule& sched, int b, int part, int first, int nb, int per,
+                                            int row0, int frag_row, int h, int lane, const MlaDecodeParams& p) {
+  const int R = p.s_q * p.h_q;
+  // A warp's 16 rows are all below R or all past it: R is a multiple of 16
+  // (h_q is 16, 32, 64 or 128, and s_q at most 2, so there are at most four
+  // query tiles, which the counters below rely on too).
+  if (row0 + (frag_row & ~15) >= R) return;
+  const int split_first = first / per;
+  const int split_last = (first + nb - 1) / per;
+  const bool whole = split_first == split_last;
+  const int slot0 = whole ? 0 : sched.split_base()[b];
+  const int slot = slot0 + part - split_first;
+#if MLA_FUSED_COMBINE
+  const int n = split_last - split_first + 1;
+  unsigned* counter = reinterpret_cast<unsigned*>(sched.counters(p.num_parts)) +
+                      ((slot0 * 4 + row0 / kRows) * 2 + h) * 4 + (frag_row >> 4);
+  // A split sequence's first piece ends its part, so it usually finishes
+  // after the piece that starts the next part: when the other n - 1 have
+  // counted already, this one is last and its partial is never written.
+  int seen = 0;
+  if (!whole && lane == 0) asm volatile("ld.relaxed.gpu.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+  const bool known_last = !whole && __shfl_sync(0xffffffffu, seen, 0) == n - 1;
+#else
+  const bool known_last = false;
+#endif
+  if (!known_last) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) store_row(o, i, inv[i], lse[i], whole, b, slot, row0 + frag_row + 8 * i, h, lane, p);
+  }
+#if MLA_FUSED_COMBINE
+  if (whole) return;
+  if (known_last) {
+    if (lane == 0) atomicInc(counter, n - 1);  // returns n - 1 and wraps to 0
+  } else {
+    // The last-block pattern: every lane's writes are visible GPU-wide
+    // before lane 0 counts them; the counting lane that sees n - 1
+    // earlier counts reads the others' writes after a fence of its own.
+    // Every lane fences (membar.gl, a fence.sc): a fence in lane 0 alone,
+    // or an acq_rel one, would not order the other lanes' stores before
+    // the count.
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    // atomicInc wraps to 0 at the n-th arrival: the counter is ready for
+    // the next launch in the same atomic.
+    if (lane == 0) last = atomicInc(counter, n - 1) == static_cast<unsigned>(n - 1);
+    if (!__shfl_sync(0xffffffffu, last, 0)) return;
+  }
+  // Observed every other count (by the atomic, or by the relaxed load):
+  // this fence orders the reads below after the writes those counts cover.
+  __threadfence();
+  __syncwarp();
+  const float* plse = reinterpret_cast<const float*>(p.partial_lse);
+  const float* pout = reinterpret_cast<const float*>(p.partial_out);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row0 + frag_row + 8 * i;
+    float m = lse[i];
+    for (int j = 0; j < n; ++j)
+      if (slot0 + j != slot) m = fmaxf(m, __ldcg(plse + static_cast<size_t>(slot0 + j) * R + row));
+    // No key in any piece (a causal row before the sequence): as a whole
+    // piece with no key, zeros and -inf.
+    const float w_self = m == -INFINITY ? 0.f : expf(lse[i] - m);
+    float wsum = w_self;
+    const float a = w_self * inv[i];
+#pragma unroll
+    for (int c = 0; c < 32; ++c) {
+      o[c][2 * i] *= a;
+      o[c][2 * i + 1] *= a;
+    }
+    for (int j = 0; j < n; ++j) {
+      if (slot0 + j == slot || m == -INFINITY) continue;
+      const float wj = expf(__ldcg(plse + static_cast<size_t>(slot0 + j) * R + row) - m);  // 0 for an empty split
+      wsum += wj;
+      const float* src = pout + (static_cast<size_t>(slot0 + j) * R + row) * kDV + 256 * h + 2 * (lane & 3);
+      // Eight loads in flight at a time: o already holds 128 registers.
+#pragma unroll
+      for (int c0 = 0; c0 < 32; c0 += 8) {
+        float2 v[8];
+#pragma unroll
+        for (int c = 0; c < 8; ++c) v[c] = __ldcg(reinterpret_cast<const float2*>(src + 8 * (c0 + c)));
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+          o[c0 + c][2 * i] = fmaf(wj, v[c].x, o[c0 + c][2 * i]);
+          o[c0 + c][2 * i + 1] = fmaf(wj, v[c].y, o[c0 + c][2 * i + 1]);
+        }
+      }
+    }
+    const bool any = wsum > 0.f;
+    store_row(o, i, any ? 1.f / wsum : 0.f, any ? m + logf(wsum) : -INFINITY, true, b, 0, row, h, lane, p);
+  }
+#endif
 }
 
 }  // namespace
@@ -325,9 +573,29 @@ extern "C" __global__ void __launch_bounds__(32) mla_decode_schedule(MlaDecodePa
     carry += __shfl_sync(0xffffffffu, incl, 31);
   }
   const int total = carry;
-  const int per = max(1, cdiv(total, P));
+  int per = max(1, cdiv(total, P));
   if (lane == 0) prefix[B] = total;
   __syncwarp();
+#if MLA_SCHED_UNSPLIT_SLACK > 0
+  // A split costs a piece that no charge counts (the part that continues
+  // the sequence) and a combine. Where parts up to MLA_SCHED_UNSPLIT_SLACK
+  // units larger can all begin at a sequence's start (inside its charge),
+  // take the smallest such size: no sequence is split. 128 sequences of
+  // 1,024 tokens over 66 parts: 36 units a part instead of 35, 32 blocks
+  // and 2 pieces at most instead of 32 and 3, and 56 fewer combines.
+  // Varied lengths rarely allow it, and keep the balanced size.
+  for (int cand = per; cand < per + MLA_SCHED_UNSPLIT_SLACK; ++cand) {
+    bool whole = true;
+    for (int k = 1 + lane; whole && k * cand < total; k += 32) {
+      const int x = k * cand;
+      whole = x - prefix[sequence_at(prefix, B, x)] <= kOverhead;
+    }
+    if (__all_sync(0xffffffffu, whole)) {
+      per = cand;
+      break;
+    }
+  }
+#endif
 
   carry = 0;
   for (int base = 0; base < B; base += 32) {
@@ -346,21 +614,16 @@ extern "C" __global__ void __launch_bounds__(32) mla_decode_schedule(MlaDecodePa
 
   for (int part = lane; part < P; part += 32) {
     const int x = part * per;
-    int b = B;
-    if (x < total) {  // largest b with prefix[b] <= x
-      int lo = 0, hi = B - 1;
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (prefix[mid] <= x) lo = mid; else hi = mid - 1;
-      }
-      b = lo;
-    }
-    part_start[part] = b;
+    part_start[part] = x < total ? sequence_at(prefix, B, x) : B;
   }
   if (lane == 0) {
     ws[0] = per;
     ws[1] = carry;
   }
+#if MLA_FUSED_COMBINE
+  int* counters = part_start + P;
+  for (int i = lane; i < MLA_COMBINE_COUNTERS(P); i += 32) counters[i] = 0;
+#endif
 }
 
 namespace {
@@ -520,44 +783,19 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
     // Epilogue: total denominator of both key halves.
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-      l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+      l_run[i] = quad_sum(l_run[i]);
       if ((lane & 3) == 0) red_sum[h * kRows + frag_row + 8 * i] = l_run[i];
     }
     __syncthreads();
-    const int split_first = first / per;
-    const int split_last = (first + nb - 1) / per;
-    const bool whole = split_first == split_last;
-    const int slot = whole ? 0 : sched.split_base()[b] + part - split_first;
+    float inv[2], lse[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int r = frag_row + 8 * i;
-      const int row = row0 + r;
-      if (row >= R) continue;
       const float l = red_sum[r] + red_sum[kRows + r];
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const float lse = l > 0.f ? m_run[i] * p.scale + logf(l) : -INFINITY;
-      if (whole) {
-        __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV;
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          const int col = 256 * h + 8 * n + 2 * (lane & 3);
-          *reinterpret_cast<__nv_bfloat162*>(out + col) = __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-        }
-        if (h == 0 && (lane & 3) == 0) {
-          const int sq = row / p.h_q, head = row % p.h_q;
-          reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse;
-        }
-      } else {
-        float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV;
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          const int col = 256 * h + 8 * n + 2 * (lane & 3);
-          *reinterpret_cast<float2*>(out + col) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-        }
-        if (h == 0 && (lane & 3) == 0) reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
-      }
+      inv[i] = l > 0.f ? 1.f / l : 0.f;
+      lse[i] = l > 0.f ? m_run[i] * p.scale + logf(l) : -INFINITY;
     }
+    finish_rows(o, inv, lse, sched, b, part, first, nb, per, row0, frag_row, h, lane, p);
     // The next sequence's Q and first block overwrite q_tile and stage 0;
     // the barrier above came after every thread's last QK^T and PV, and
     // red_sum is next written after several barriers.
@@ -567,7 +805,7 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
 
 // ---------------------------------------------------------------- seesaw
 //
-// mla_decode_seesaw (v10): the two warpgroups take turns on pairs of KV
+// mla_decode_seesaw (v10, v11): the two warpgroups take turns on pairs of KV
 // blocks, so one warpgroup's softmax overlaps the other's tensor-core work
 // (the schedule FlashMLA calls "seesaw"; written here from its description
 // and docs/kernel-notes.md, v9 and v10).
@@ -591,15 +829,24 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
 // stage. Warpgroup w owns V panels 4w .. 4w + 3 of both stages; the RoPE
 // panel 8 of stage s goes to warpgroup 1 - s, because that panel holds
 // P_s (written over the RoPE values once the owner's QK^T is done), which
-// only warpgroup 1 - s reads. Each warpgroup's share completes on its own
-// mbarrier (cp.async's arrive: 128 arrivals), so QK^T starts on the share
-// that was refilled first. A sequence's last pair refills with the next
-// sequence's first two blocks, and the epilogue loads the next Q, so the
-// copies run on across sequences.
+// only warpgroup 1 - s reads. Each share is a few bulk tensor copies issued
+// by one thread on the share's own mbarrier (expect_tx), so QK^T starts on
+// the share that landed first. A sequence's last pair refills with the next
+// sequence's first two blocks and loads the next Q, so the copies run on
+// across sequences.
+//
+// A piece ends without a CTA barrier: the last pair hands each warpgroup's
+// row sums to the other (wg1's with its scale, wg0's with P0), so each
+// warpgroup normalizes and stores its half of O and goes on to the next
+// piece while the other still works.
 
 template <bool B>
 struct Flag {
   static constexpr bool value = B;
+};
+template <int N>
+struct Int {
+  static constexpr int value = N;
 };
 
 // Named barriers between the warpgroups (id 0 is __syncthreads); each use
@@ -692,25 +939,11 @@ struct PartView {
   }
 };
 
-// Where block j of piece c is read from: its page (loaded at the start of
-// the pair that copies it, so the block-table load is off the copy's
-// path) and its rows.
-struct BlockSource {
-  int page;
-  int valid_rows;
-};
-__device__ __forceinline__ BlockSource block_source(const PartCursor& c, int j, const MlaDecodeParams& p) {
-  const int k = c.k + j;
-  return BlockSource{reinterpret_cast<const int*>(p.block_table)[static_cast<size_t>(c.b) * p.max_pages + k],
-                     min(kBlock, c.len - k * kBlock)};
+// The page of block j of piece c.
+__device__ __forceinline__ int block_page(const PartCursor& c, int j, const MlaDecodeParams& p) {
+  return reinterpret_cast<const int*>(p.block_table)[static_cast<size_t>(c.b) * p.max_pages + c.k + j];
 }
 
-// Warpgroup w's share of a block into stage s (t = 0..127):
-// V panels 4w .. 4w + 3, and the RoPE panel when s != w. Rows past the
-// sequence's end are zero-filled. Lane l of warp v copies chunk l % 8 of a
-// panel in row 4 v + l / 8 of each 16-row group: the row's swizzle is the
-// same in every group, so each copy is one instruction at a constant
-// offset from two per-thread bases.
 // Warpgroup w's share of a block into stage s, by bulk tensor copies
 // (p.kv_map: a CUtensorMap over the whole cache as [rows][576] bf16, boxes
 // of 64 x 64 with the 128-byte swizzle, so each box lands as one panel in
@@ -719,22 +952,90 @@ __device__ __forceinline__ BlockSource block_source(const PartCursor& c, int j, 
 // so no other thread spends issue slots on copies, and TMA writes through
 // the async proxy as wgmma reads (no proxy fence). Rows past the sequence's
 // end hold whatever the page holds: zero_tail clears them before P V.
+// kPair: the same box into both CTAs of a pair, at the same offsets, each
+// signalling its own barrier at bar's offset.
+template <bool kPair>
 __device__ __forceinline__ void tma_box(uint32_t dst, uint64_t map, int col, int row, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-      "l"(map), "r"(col), "r"(row), "r"(bar)
-      : "memory");
+  if constexpr (kPair) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+        " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(map), "r"(col), "r"(row), "r"(bar), "h"(static_cast<uint16_t>(0x3))
+        : "memory");
+  } else {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(map), "r"(col), "r"(row), "r"(bar)
+        : "memory");
+  }
 }
-__device__ __forceinline__ void copy_share(uint32_t stage, int s, int w, const BlockSource& b, const MlaDecodeParams& p,
-                                           int t, uint32_t full_bar) {
+// One arrival on the mbarrier at offset bar of CTA rank cta of the cluster.
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t bar, uint32_t cta) {
+  asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+               "r"(cta)
+               : "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+
+// With kPanelBarriers each box completes on its own panel's barrier
+// (panel_bar0 + 8 panel, the stage's nine), so QK^T can start on the first
+// panel that lands (FlashMLA waits per panel); otherwise the whole share
+// completes on full_bar.
+constexpr bool kPanelBarriers = MLA_PANEL_BARRIERS;
+
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// The panels of share w of a stage s: V panels 4w .. 4w + 3, and the RoPE
+// panel (8) when s != w (see copy_share).
+__device__ __forceinline__ int share_panels(int s, int w) { return s != w ? 5 : 4; }
+__device__ __forceinline__ int share_panel(int w, int i) { return i < 4 ? 4 * w + i : 8; }
+
+// Called by warpgroup w right after its last read of share (s, w) of a
+// stage. In a CTA pair (kPair: the two query tiles of one part, a cluster
+// of two reading the same blocks), rank 0 issues the boxes into both CTAs
+// once rank 1 released the share too (rank 1's arrival on rank 0's
+// empty_bar), so L2 sends each block once per pair; each CTA's barriers
+// expect the share's bytes (the peer's copy may land before the expect:
+// the barrier's own pending arrival holds its phase open). empty_phase
+// holds the parity of each share's empty barrier (bit 2 s + w).
+template <bool kPair>
+__device__ __forceinline__ void copy_share(uint32_t stage, int s, int w, int page, const MlaDecodeParams& p, int t,
+                                           uint32_t full_bar, uint32_t panel_bar0, uint32_t empty_bar, uint32_t rank,
+                                           uint32_t& empty_phase) {
   if (t == 0) {
-    const bool rope = s != w;
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(full_bar), "r"((rope ? 5 : 4) * kPanelBytes)
-                 : "memory");
-    const int row = p.kv_row0 + b.page * kBlock;
+    const int panels = share_panels(s, w);
+    auto box_bar = [&](int panel) { return kPanelBarriers ? panel_bar0 + 8 * panel : full_bar; };
+    if constexpr (kPanelBarriers) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) tma_box(stage + (4 * w + i) * kPanelBytes, p.kv_map, (4 * w + i) * 64, row, full_bar);
-    if (rope) tma_box(stage + 8 * kPanelBytes, p.kv_map, 512, row, full_bar);
+      for (int i = 0; i < 5; ++i)
+        if (i < panels) mbar_expect_tx(box_bar(share_panel(w, i)), kPanelBytes);
+    } else {
+      mbar_expect_tx(full_bar, panels * kPanelBytes);
+    }
+    if constexpr (kPair) {
+      if (rank != 0) {
+        mbar_arrive_remote(empty_bar, 0);
+        return;
+      }
+      const uint32_t bit = 1u << (2 * s + w);
+      mbar_wait(empty_bar, (empty_phase & bit) ? 1 : 0);
+      empty_phase ^= bit;
+    }
+    const int row = p.kv_row0 + page * kBlock;
+#pragma unroll
+    for (int i = 0; i < 5; ++i) {
+      const int panel = share_panel(w, i);  // its columns of a cache row start at 64 panel
+      if (i < panels) tma_box<kPair>(stage + panel * kPanelBytes, p.kv_map, 64 * panel, row, box_bar(panel));
+    }
   }
 }
 
@@ -755,17 +1056,9 @@ __device__ __forceinline__ void zero_tail(uint32_t stage, int w, int valid_rows,
 
 // Warpgroup 1 loads the Q tile (t = 0..127); rows past the tile's end are
 // zero. The Q barrier counts its threads' copies.
-__device__ __forceinline__ void load_q_async(uint32_t q_tile, const __nv_bfloat16* src, int valid_rows, int t,
-                                             uint32_t q_bar) {
-#pragma unroll 4
-  for (int j = 0; j < 2 * kChunksPerThread; ++j) {
-    const int i = t + j * 128;
-    const int row = i / kChunksPerRow;
-    const int c16 = i % kChunksPerRow;
-    const bool valid = row < valid_rows;
-    cp_async_16(q_tile + (c16 >> 3) * kPanelBytes + row * 128 + (((c16 & 7) ^ (row & 7)) << 4),
-                src + (valid ? row * kD + c16 * 8 : 0), valid ? 16 : 0);
-  }
+__device__ __forceinline__ void load_q(uint32_t q_tile, const __nv_bfloat16* src, int valid_rows, int t,
+                                       uint32_t q_bar) {
+  load_tile_async<128, 4>(q_tile, src, valid_rows, t);
   cp_async_arrive_noinc(q_bar);
 }
 
@@ -776,6 +1069,36 @@ __device__ __forceinline__ void qk_panel(float (&sc)[32], uint32_t q_tile, uint3
   for (int kk = 0; kk < 4; ++kk) {
     const uint32_t off = kPanel * kPanelBytes + kk * 32;
     wgmma_m64n64k16(sc, smem_desc(q_tile + off, 16, 1024), smem_desc(stage + off, 16, 1024), kFirst && kk == 0 ? 0 : 1);
+  }
+}
+
+// What QK^T waits for before a panel's products: with kPanelBarriers and
+// enabled, the panel's barrier (bar0 + 8 panel) at parity; otherwise
+// nothing, as the caller waited for the whole share.
+struct PanelWait {
+  uint32_t bar0;
+  int parity;
+  bool enabled;
+  __device__ __forceinline__ void operator()(int panel) const {
+    if (kPanelBarriers && enabled) mbar_wait(bar0 + 8 * panel, parity);
+  }
+};
+
+// S (+)= Q K^T over the panels of share w of stage s (see copy_share):
+// 4w .. 4w + 3, and the RoPE panel when s != w.
+template <int kStage, int kShare, bool kFirst>
+__device__ __forceinline__ void qk_share(float (&sc)[32], uint32_t q_tile, uint32_t stage, const PanelWait& wait) {
+  wait(4 * kShare);
+  qk_panel<4 * kShare, kFirst>(sc, q_tile, stage);
+  wait(4 * kShare + 1);
+  qk_panel<4 * kShare + 1>(sc, q_tile, stage);
+  wait(4 * kShare + 2);
+  qk_panel<4 * kShare + 2>(sc, q_tile, stage);
+  wait(4 * kShare + 3);
+  qk_panel<4 * kShare + 3>(sc, q_tile, stage);
+  if constexpr (kStage != kShare) {
+    wait(8);
+    qk_panel<8>(sc, q_tile, stage);
   }
 }
 
@@ -800,11 +1123,6 @@ __device__ __forceinline__ void pv_registers(float (&o)[32][4], const uint32_t (
   for (int kk = 0; kk < kBlock / 16; ++kk)
     wgmma_m64n256k16_rs(&o[0][0], pb[kk], smem_desc(stage + 4 * w * kPanelBytes + kk * 16 * 128, kPanelBytes, 1024));
   wgmma_commit();
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // P (this thread's fragment of S, times scale per row) as bf16 into the
@@ -915,6 +1233,7 @@ __device__ unsigned long long g_mla_trace[2][12];
 #define PHASE(i)
 #endif
 
+template <bool kPair>
 __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -923,27 +1242,45 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   float* s_max = reinterpret_cast<float*>(smem + 3 * kTileBytes);  // running row maxima (log2 units)
   float* s_scale0 = s_max + kRows;                                  // alpha of wg0's latest softmax
   float* s_scale1 = s_scale0 + kRows;                               // alpha of wg1's latest softmax
-  // [piece parity][2 warpgroups][64 rows]: a piece's epilogue reads its
-  // slot after a __syncthreads, and the next write to that slot comes two
-  // pieces later, after another one (the next piece's write is ordered
-  // only through the named barriers, which racecheck does not follow).
-  float* red_sum = s_scale1 + kRows;
-  const uint32_t bars = smem_addr(red_sum + 4 * kRows);
+  // [piece parity][warpgroup][64 rows]: each warpgroup's final row sums,
+  // handed over in the piece's last pair. The barriers of the pairs already
+  // order a slot's read before its next write; the parity keeps that true
+  // without relying on them.
+  float* s_sum = s_scale1 + kRows;
+  const uint32_t bars = smem_addr(s_sum + 4 * kRows);
   // full[s][w]: warpgroup w's share of stage s landed; q_bar: the Q tile;
   // scale1_bar: wg1's softmax of a pair wrote the maxima and its scale.
   auto full_bar = [&](int s, int w) { return bars + 16 * s + 8 * w; };
   const uint32_t q_bar = bars + 32;
   const uint32_t scale1_bar = bars + 40;
+  // empty[s][w] (CTA pairs, rank 0): rank 1 released share (s, w).
+  auto empty_bar = [&](int s, int w) { return bars + 48 + 16 * s + 8 * w; };
+  // panel[s][i] (kPanelBarriers): panel i of stage s landed.
+  auto panel_bar0 = [&](int s) { return bars + 80 + 72 * s; };
+  // Waits until share (s, w) of stage s landed.
+  auto wait_share = [&](int s, int w, int parity) {
+    if constexpr (kPanelBarriers) {
+      for (int i = 0; i < share_panels(s, w); ++i) mbar_wait(panel_bar0(s) + 8 * share_panel(w, i), parity);
+    } else {
+      mbar_wait(full_bar(s, w), parity);
+    }
+  };
+  // QK^T of the next pair waits per panel (kPanelBarriers), not per share.
+  auto panels_of = [&](int s, int parity) { return PanelWait{panel_bar0(s), parity, true}; };
+  const PanelWait share_waited{0, 0, false};
+  const uint32_t rank = kPair ? cluster_rank() : 0;
+  uint32_t empty_phase = 0;
 
   const Schedule sched{reinterpret_cast<const int*>(p.sched), p.batch};
   const int per = sched.per_part();
   // The query tiles of one part are consecutive CTAs, so they start
   // together on neighbouring SMs and the second one's reads of each block
   // hit in L2 (FlashMLA orders its grid the same way).
+  // A CTA pair is the cluster (x, 2j), (x, 2j + 1): both in part x.
   const int cta = blockIdx.x + gridDim.x * blockIdx.y;
-  const int part = cta / gridDim.y;
+  const int part = kPair ? blockIdx.x : cta / gridDim.y;
   const PartView view{sched.prefix(), reinterpret_cast<const int*>(p.seq_lens), p.batch, part * per, part * per + per - 1};
-  const int row0 = (cta % gridDim.y) * kRows;
+  const int row0 = (kPair ? blockIdx.y : cta % gridDim.y) * kRows;
   const int R = p.s_q * p.h_q;
   const int w = threadIdx.x >> 7;  // warpgroup
   const int t = threadIdx.x & 127;
@@ -959,26 +1296,40 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       for (int v = 0; v < 2; ++v) mbar_init(full_bar(s, v), 1);
     mbar_init(q_bar, 128);
     mbar_init(scale1_bar, 128);
+    if (kPair)
+      for (int s = 0; s < 2; ++s)
+        for (int v = 0; v < 2; ++v) mbar_init(empty_bar(s, v), 1);
+    if (kPanelBarriers)
+      for (int i = 0; i < 18; ++i) mbar_init(panel_bar0(0) + 8 * i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (kPair) {
+    cluster_sync();  // the peer's barriers exist before anything reaches them
+  } else {
+    __syncthreads();
+  }
+  // Warpgroup w's share of stage s, right after its last read of it.
+  auto copy = [&](uint32_t stage, int s, int page) {
+    copy_share<kPair>(stage, s, w, page, p, t, full_bar(s, w), panel_bar0(s), empty_bar(s, w), rank, empty_phase);
+  };
 
   PartCursor cur;
   view.seek(cur, sched.part_start()[part]);
   if (cur.b >= p.batch) return;
   // The first piece's Q and first two blocks; later pieces get theirs
-  // from the previous piece's last pair and epilogue.
-  copy_share(stage0, 0, w, block_source(cur, 0, p), p, t, full_bar(0, w));
-  if (cur.blocks() > 1) copy_share(stage1, 1, w, block_source(cur, 1, p), p, t, full_bar(1, w));
-  if (w == 1) load_q_async(q_tile, q + (static_cast<size_t>(cur.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
+  // from the previous piece's last pair.
+  copy(stage0, 0, block_page(cur, 0, p));
+  if (cur.blocks() > 1) copy(stage1, 1, block_page(cur, 1, p));
+  if (w == 1) load_q(q_tile, q + (static_cast<size_t>(cur.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
 
   // Parity of the next block each stage delivers, and of the next Q.
   int phase[2] = {0, 0};
   int q_phase = 0, scale1_phase = 0;
-  int piece = 0;  // pieces done, for red_sum's slot
+  int piece = 0;  // pieces done, for s_sum's slot
   while (cur.b < p.batch) {
     TRACE_START();
     const int b = cur.b, len = cur.len, k0 = cur.k, n = cur.blocks();
+    const int sum_slot = (piece & 1) * 2 * kRows;
     PartCursor nxt;
     view.seek(nxt, b + 1);
     int limit[2];
@@ -995,18 +1346,13 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     // Each warpgroup's first S: wg0 block 0, wg1 block 1.
     float sc[32];
     if (w == 0) {
-      mbar_wait(full_bar(0, 0), phase[0]);
-      mbar_wait(full_bar(0, 1), phase[0]);
-            wgmma_fence();
-      qk_panel<0, true>(sc, q_tile, stage0);
-      qk_panel<1>(sc, q_tile, stage0);
-      qk_panel<2>(sc, q_tile, stage0);
-      qk_panel<3>(sc, q_tile, stage0);
-      qk_panel<4>(sc, q_tile, stage0);
-      qk_panel<5>(sc, q_tile, stage0);
-      qk_panel<6>(sc, q_tile, stage0);
-      qk_panel<7>(sc, q_tile, stage0);
-      qk_panel<8>(sc, q_tile, stage0);
+      wait_share(0, 0, phase[0]);
+      wgmma_fence();
+      qk_share<0, 0, true>(sc, q_tile, stage0, share_waited);
+      wgmma_commit();
+      wait_share(0, 1, phase[0]);
+      wgmma_fence();
+      qk_share<0, 1, false>(sc, q_tile, stage0, share_waited);
       wgmma_commit();
     } else {
       // A one-block piece has no block 1: the product then runs on the Q
@@ -1015,20 +1361,13 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       // would serialize them all.
       uint32_t kv = q_tile;
       if (n > 1) {
-        mbar_wait(full_bar(1, 1), phase[1]);
-        mbar_wait(full_bar(1, 0), phase[1]);
-                kv = stage1;
+        wait_share(1, 1, phase[1]);
+        wait_share(1, 0, phase[1]);
+        kv = stage1;
       }
       wgmma_fence();
-      qk_panel<4, true>(sc, q_tile, kv);
-      qk_panel<5>(sc, q_tile, kv);
-      qk_panel<6>(sc, q_tile, kv);
-      qk_panel<7>(sc, q_tile, kv);
-      qk_panel<0>(sc, q_tile, kv);
-      qk_panel<1>(sc, q_tile, kv);
-      qk_panel<2>(sc, q_tile, kv);
-      qk_panel<3>(sc, q_tile, kv);
-      qk_panel<8>(sc, q_tile, kv);
+      qk_share<1, 1, true>(sc, q_tile, kv, share_waited);
+      qk_share<1, 0, false>(sc, q_tile, kv, share_waited);
       wgmma_commit();
     }
     wgmma_wait<0>();
@@ -1040,11 +1379,15 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
     float l[2] = {0.f, 0.f};
+    // Set in the piece's last pair: the final row maxima and the row sums
+    // of both warpgroups, in the same units.
+    float m_fin[2] = {-INFINITY, -INFINITY}, l_tot[2] = {0.f, 0.f};
 
     // One pair of blocks, i0 and i0 + 1. The flags are compile-time so that
     // no wgmma sits under a runtime branch (ptxas then serializes every
     // wgmma of the kernel, C7520): kQk0 / kQk1 whether blocks i0 + 2 /
     // i0 + 3 exist (each warpgroup's next QK^T), kHas1 whether i0 + 1 does.
+    // !kQk0 is the piece's last pair.
     int i0 = 0;
     auto pair = [&](auto qk0_flag, auto qk1_flag, auto has1_flag) {
       constexpr bool kQk0 = decltype(qk0_flag)::value;
@@ -1056,13 +1399,24 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       const int j0 = kQk0 ? i0 + 2 : 0;
       const bool fill0 = kQk0 || nxt.b < p.batch;
       const bool fill1 = kQk0 ? kQk1 : nxt.b < p.batch && nxt.blocks() > 1;
-      const BlockSource src0 = fill0 ? block_source(next, j0, p) : BlockSource{};
-      const BlockSource src1 = fill1 ? block_source(next, j0 + 1, p) : BlockSource{};
+      // Their pages, read here so the block-table loads are off the copies' path.
+      const int page0 = fill0 ? block_page(next, j0, p) : 0;
+      const int page1 = fill1 ? block_page(next, j0 + 1, p) : 0;
       const int key0 = (k0 + i0) * kBlock + 2 * (lane & 3);
       const int valid0 = len - (k0 + i0) * kBlock, valid1 = valid0 - kBlock;  // rows of blocks i0, i0 + 1 (>= 64: all)
       uint32_t pb[4][4];
       float m_old[2], m_new[2], alpha[2];
       TRACE_START();
+      // The next pair's QK^T over share kShare of stage kStage, once it
+      // landed (per panel with kPanelBarriers).
+      auto issue_qk = [&](auto stage_c, auto share_c, auto first_c, uint32_t stage, int parity) {
+        constexpr int kStage = decltype(stage_c)::value, kShare = decltype(share_c)::value;
+        if (!kPanelBarriers) wait_share(kStage, kShare, parity);
+        PHASE(4);
+        wgmma_fence();
+        qk_share<kStage, kShare, decltype(first_c)::value>(sc, q_tile, stage, panels_of(kStage, parity));
+        wgmma_commit();
+      };
       if (w == 0) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) m_old[i] = i0 == 0 ? -INFINITY : s_max[frag_row + 8 * i];
@@ -1083,38 +1437,44 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
         wgmma_wait<0>();
         keep_alive(pb);
         PHASE(2);
-        if (fill0) copy_share(stage0, 0, 0, src0, p, t, full_bar(0, 0));  // V0_L is free
+        if (fill0) copy(stage0, 0, page0);  // V0_L is free
         PHASE(3);
         mbar_wait(scale1_bar, scale1_phase);
         scale1_phase ^= 1;
         PHASE(0);
         float s1[2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) s1[i] = s_scale1[frag_row + 8 * i];
+        for (int i = 0; i < 2; ++i) {
+          s1[i] = s_scale1[frag_row + 8 * i];
+          l[i] *= s1[i];  // now in m1's units
+        }
+        if constexpr (!kQk0) {
+          // The piece's last pair: wg1 left the final maxima and its row
+          // sums with its scale; this warpgroup's sums are final now.
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int r = frag_row + 8 * i;
+            m_fin[i] = s_max[r];
+            l_tot[i] = quad_sum(l[i]);
+            if ((lane & 3) == 0) s_sum[sum_slot + r] = l_tot[i];
+            l_tot[i] += s_sum[sum_slot + kRows + r];
+          }
+        }
         store_p(sc, s1, stage0, frag_row, lane);  // P0 in m1's units, for wg1
         fence_proxy_async();
-        bar_arrive(kP0Ready);
+        bar_arrive(kP0Ready);  // P0 and, in the last pair, this warpgroup's row sums
         PHASE(1);
         bar_sync(kP1Ready);
         PHASE(0);
         rescale(o, s1);
-        l[0] *= s1[0];
-        l[1] *= s1[1];
         if constexpr (kHas1) {
-          mbar_wait(full_bar(1, 0), phase[1]);  // V1_L: this warpgroup's own copies
+          wait_share(1, 0, phase[1]);  // V1_L: this warpgroup's own copies
           zero_tail(stage1, 0, valid1, t);
           pv_shared(o, stage1, 0);  // O_L += P1 V1_L
         }
         PHASE(2);
         if constexpr (kQk0) {
-          mbar_wait(full_bar(0, 0), phase[0] ^ 1);
-          PHASE(4);
-                    wgmma_fence();
-          qk_panel<0, true>(sc, q_tile, stage0);
-          qk_panel<1>(sc, q_tile, stage0);
-          qk_panel<2>(sc, q_tile, stage0);
-          qk_panel<3>(sc, q_tile, stage0);
-          wgmma_commit();
+          issue_qk(Int<0>{}, Int<0>{}, Flag<true>{}, stage0, phase[0] ^ 1);
           PHASE(5);
         }
         if constexpr (kHas1) {
@@ -1125,18 +1485,10 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
           }
         }
         PHASE(2);
-        if (fill1) copy_share(stage1, 1, 0, src1, p, t, full_bar(1, 0));
+        if (fill1) copy(stage1, 1, page1);
         PHASE(3);
         if constexpr (kQk0) {
-          mbar_wait(full_bar(0, 1), phase[0] ^ 1);
-          PHASE(4);
-                    wgmma_fence();
-          qk_panel<4>(sc, q_tile, stage0);
-          qk_panel<5>(sc, q_tile, stage0);
-          qk_panel<6>(sc, q_tile, stage0);
-          qk_panel<7>(sc, q_tile, stage0);
-          qk_panel<8>(sc, q_tile, stage0);
-          wgmma_commit();
+          issue_qk(Int<0>{}, Int<1>{}, Flag<false>{}, stage0, phase[0] ^ 1);
         }
         wgmma_wait<0>();
         PHASE(5);
@@ -1157,19 +1509,27 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) scale_o[i] = alpha[i] * s0[i];
         rescale(o, scale_o);
+        if constexpr (!kQk0) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            m_fin[i] = m_new[i];
+            l_tot[i] = quad_sum(l[i]);
+          }
+        }
         __syncwarp();
         if ((lane & 3) == 0)
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
             s_max[frag_row + 8 * i] = m_new[i];
             s_scale1[frag_row + 8 * i] = alpha[i];
+            if constexpr (!kQk0) s_sum[sum_slot + kRows + frag_row + 8 * i] = l_tot[i];
           }
         mbar_arrive(scale1_bar);  // every thread: its writes are released
         if constexpr (!kQk0) {
           // The piece's last pair: every QK^T of the piece is done (wg0's
           // before its scale0 above), so the next piece's Q may land now.
           if (nxt.b < p.batch)
-            load_q_async(q_tile, q + (static_cast<size_t>(nxt.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
+            load_q(q_tile, q + (static_cast<size_t>(nxt.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
         }
         PHASE(1);
         if constexpr (kHas1) {
@@ -1183,7 +1543,11 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
         PHASE(2);
         bar_sync(kP0Ready);
         PHASE(0);
-        mbar_wait(full_bar(0, 1), phase[0]);  // V0_R: this warpgroup's own copies
+        if constexpr (!kQk0) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) l_tot[i] += s_sum[sum_slot + frag_row + 8 * i];
+        }
+        wait_share(0, 1, phase[0]);  // V0_R: this warpgroup's own copies
         zero_tail(stage0, 1, valid0, t);
         pv_shared(o, stage0, 1);  // O_R += P0 V0_R
         bar_arrive(kP1Ready);
@@ -1192,31 +1556,16 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
           keep_alive(pb);
         }
         PHASE(2);
-        if (fill1) copy_share(stage1, 1, 1, src1, p, t, full_bar(1, 1));
+        if (fill1) copy(stage1, 1, page1);
         PHASE(3);
         wgmma_wait<0>();  // P0 V0_R done: stage 0's V_R and P0 are free
         PHASE(2);
-        if (fill0) copy_share(stage0, 0, 1, src0, p, t, full_bar(0, 1));
+        if (fill0) copy(stage0, 0, page0);
         PHASE(3);
         if constexpr (kQk1) {
-          mbar_wait(full_bar(1, 1), phase[1] ^ 1);
-          PHASE(4);
-                    wgmma_fence();
-          qk_panel<4, true>(sc, q_tile, stage1);
-          qk_panel<5>(sc, q_tile, stage1);
-          qk_panel<6>(sc, q_tile, stage1);
-          qk_panel<7>(sc, q_tile, stage1);
-          wgmma_commit();
+          issue_qk(Int<1>{}, Int<1>{}, Flag<true>{}, stage1, phase[1] ^ 1);
           PHASE(5);
-          mbar_wait(full_bar(1, 0), phase[1] ^ 1);
-          PHASE(4);
-                    wgmma_fence();
-          qk_panel<0>(sc, q_tile, stage1);
-          qk_panel<1>(sc, q_tile, stage1);
-          qk_panel<2>(sc, q_tile, stage1);
-          qk_panel<3>(sc, q_tile, stage1);
-          qk_panel<8>(sc, q_tile, stage1);
-          wgmma_commit();
+          issue_qk(Int<1>{}, Int<0>{}, Flag<false>{}, stage1, phase[1] ^ 1);
         }
         wgmma_wait<0>();
         PHASE(5);
@@ -1239,56 +1588,18 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     }
 
     TRACE_RESET();
-    // Epilogue: the last softmax (wg1's) left the final maxima; both
-    // halves of O and both partial denominators are in its units.
-    float m_fin[2];
+    // Epilogue: each warpgroup stores its half of O, normalized by both
+    // warpgroups' sums, in the units of the final maxima.
+    float inv[2], lse[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      m_fin[i] = s_max[frag_row + 8 * i];
-      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-      if ((lane & 3) == 0) red_sum[(piece & 1) * 2 * kRows + w * kRows + frag_row + 8 * i] = l[i];
+      const float lt = l_tot[i];
+      inv[i] = lt > 0.f ? 1.f / lt : 0.f;
+      lse[i] = lt > 0.f ? m_fin[i] * 0.6931471805599453f + logf(lt) : -INFINITY;
     }
-    __syncthreads();
-    const int first = sched.prefix()[b] + kOverhead;
-    const int nb = cdiv(len, kBlock);
-    const int split_first = first / per;
-    const int split_last = (first + nb - 1) / per;
-    const bool whole = split_first == split_last;
-    const int slot = whole ? 0 : sched.split_base()[b] + part - split_first;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = frag_row + 8 * i;
-      const int row = row0 + r;
-      if (row >= R) continue;
-      const float lt = red_sum[(piece & 1) * 2 * kRows + r] + red_sum[(piece & 1) * 2 * kRows + kRows + r];
-      const float inv = lt > 0.f ? 1.f / lt : 0.f;
-      const float lse = lt > 0.f ? m_fin[i] * 0.6931471805599453f + logf(lt) : -INFINITY;
-      if (whole) {
-        __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV;
-#pragma unroll
-        for (int n8 = 0; n8 < 32; ++n8) {
-          const int col = 256 * w + 8 * n8 + 2 * (lane & 3);
-          *reinterpret_cast<__nv_bfloat162*>(out + col) =
-              __floats2bfloat162_rn(o[n8][2 * i] * inv, o[n8][2 * i + 1] * inv);
-        }
-        if (w == 0 && (lane & 3) == 0) {
-          const int sq = row / p.h_q, head = row % p.h_q;
-          reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse;
-        }
-      } else {
-        float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV;
-#pragma unroll
-        for (int n8 = 0; n8 < 32; ++n8) {
-          const int col = 256 * w + 8 * n8 + 2 * (lane & 3);
-          *reinterpret_cast<float2*>(out + col) = make_float2(o[n8][2 * i] * inv, o[n8][2 * i + 1] * inv);
-        }
-        if (w == 0 && (lane & 3) == 0) reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
-      }
-    }
+    finish_rows(o, inv, lse, sched, b, part, sched.prefix()[b] + kOverhead, cdiv(len, kBlock), per, row0, frag_row, w,
+                lane, p);
     PHASE(11);
-    // The next piece's s_max is first read after wg0's first softmax
-    // rewrote it.
     cur = nxt;
     ++piece;
 #ifdef MLA_TRACE
@@ -1298,6 +1609,10 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
 #ifdef MLA_TRACE
   if (t == 0) atomicAdd(&g_mla_trace[w][9], static_cast<unsigned long long>(clock64() - t_begin));
 #endif
+  // Every copy into the peer and every arrival on its barriers is waited
+  // for inside the loop; this keeps either CTA from leaving while the
+  // other may still address its shared memory.
+  if constexpr (kPair) cluster_sync();
 }
 }  // namespace
 
@@ -1315,11 +1630,24 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_wgmma(Ml
 
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_seesaw(MlaDecodeParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  decode_part_seesaw(p);
+  decode_part_seesaw<false>(p);
 #else
   __trap();  // needs sm_90a
 #endif
 }
+
+#if MLA_SEESAW_PAIR
+// The seesaw kernel for an even number of query tiles: tiles 2j and 2j + 1
+// of a part run as a cluster of two and share each block's copies.
+extern "C" __global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(MLA_THREADS, 1)
+    mla_decode_seesaw_pair(MlaDecodeParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  decode_part_seesaw<true>(p);
+#else
+  __trap();  // needs sm_90a
+#endif
+}
+#endif
 
 // grid (batch, cdiv(s_q h_q, 8)), 256 threads: one warp per query row.
 extern "C" __global__ void __launch_bounds__(256) mla_decode_combine(MlaDecodeParams p) {

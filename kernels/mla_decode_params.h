@@ -20,6 +20,11 @@
 #ifndef MLA_SEQ_OVERHEAD_BLOCKS /* overridable for tuning runs of the benchmark */
 #define MLA_SEQ_OVERHEAD_BLOCKS 2
 #endif
+/* Up to this many cost units more per part where that splits no sequence
+ * (the schedule kernel; 0: the balanced size always). (experiment) */
+#ifndef MLA_SCHED_UNSPLIT_SLACK
+#define MLA_SCHED_UNSPLIT_SLACK 8
+#endif
 
 /* Shared memory of the decode kernel: the Q tile and two KV stages of
  * 64 x 576 bf16 each, the P tile (64 x 64 bf16), row statistics, plus 1 KiB
@@ -29,9 +34,14 @@
 
 /* Scheduler workspace (int32): [0] KV blocks (cost units) per part,
  * [1] partial slots used, [2..3] reserved, then prefix[batch + 1] (cost
- * positions), split_base[batch], part_start[num_parts]. */
+ * positions), split_base[batch], part_start[num_parts], then the arrival
+ * counters of decode kernels that combine split sequences themselves
+ * (MLA_FUSED_COMBINE): one per first partial slot (< 2 num_parts), query
+ * tile (< 4), warpgroup and warp; zeroed by the schedule kernel and reset
+ * by the piece that arrives last. */
 #define MLA_SCHED_HEADER 4
-#define MLA_SCHED_INTS(batch, parts) (MLA_SCHED_HEADER + 2 * (batch) + 1 + (parts))
+#define MLA_COMBINE_COUNTERS(parts) (64 * (parts))
+#define MLA_SCHED_INTS(batch, parts) (MLA_SCHED_HEADER + 2 * (batch) + 1 + (parts) + MLA_COMBINE_COUNTERS(parts))
 
 typedef struct MlaDecodeParams {
 	uint64_t q;           /* bf16 [batch, s_q, h_q, 576] */

@@ -67,14 +67,19 @@ type Engine struct {
 	fn      functions
 	scratch scratch
 	// sched says which schedule the workspace in scratch holds; decode and
-	// combine only read it, so calls with the same lengths (a step's layers)
-	// reuse it.
+	// combine only read it (a decode kernel that combines split sequences
+	// itself leaves the workspace's arrival counters at zero, as the
+	// schedule kernel wrote them), so calls with the same lengths (a
+	// step's layers) reuse it.
 	sched  scheduleKey
 	closed bool
 }
 
 type functions struct {
 	schedule, combine, scatter, gather cu.Function
+	// fusedCombine: the module's decode kernels combine split sequences
+	// themselves (built with MLA_FUSED_COMBINE), so combine is not launched.
+	fusedCombine bool
 	// decode holds the decode kernels the engine's variant can choose,
 	// by name (decodeFunctionName picks one per call).
 	decode map[string]cu.Function
@@ -180,6 +185,12 @@ func (e *Engine) load(image []byte) error {
 		}
 	}
 	isNotFound := func(err error) bool { return errors.Is(err, cu.NotFound) }
+	switch _, _, err := e.mod.Global("mla_decode_fused_combine"); {
+	case err == nil:
+		e.fn.fusedCombine = true
+	case !isNotFound(err):
+		return fmt.Errorf("cuda engine: looking up mla_decode_fused_combine: %w", err)
+	}
 	if e.fn.decode, err = loadDecodeFunctions(e.kernel, e.mod.Function, isNotFound); err != nil {
 		return fmt.Errorf("cuda engine: %w", err)
 	}
@@ -307,8 +318,10 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)
 		}
-		if err := launchDecode(e.fn.combine, req.Batch, (rows+7)/8, 256, 0, e.stream, &p); err != nil {
-			return fmt.Errorf("cuda engine: combine: %w", err)
+		if !e.fn.fusedCombine {
+			if err := launchDecode(e.fn.combine, req.Batch, (rows+7)/8, 256, 0, e.stream, &p); err != nil {
+				return fmt.Errorf("cuda engine: combine: %w", err)
+			}
 		}
 		if err := copyOut(unsafe.Pointer(&req.Out[0]), s.out.ptr, len(req.Out)*2); err != nil {
 			return err
