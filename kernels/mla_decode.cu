@@ -75,6 +75,17 @@ __device__ int mla_decode_fused_combine = 1;
 }
 #endif
 
+// The schedule kernel's constants, for launchers that predict its result
+// on the host (the Go engine skips the combine launch where no sequence
+// is split): tokens per block, the per-sequence charge in blocks, the
+// unsplit slack. Read from the module, so a module built with other -D
+// values is predicted with its own. Not const: a const variable at
+// namespace scope has internal linkage, and the module could drop it.
+#define MLA_HAS_SCHEDULE_CONSTANTS 1  // for the benchmark driver
+extern "C" {
+__device__ int mla_schedule_constants[3] = {MLA_PAGE, MLA_SEQ_OVERHEAD_BLOCKS, MLA_SCHED_UNSPLIT_SLACK};
+}
+
 namespace {
 
 constexpr int kD = MLA_HEAD_DIM;

@@ -128,10 +128,30 @@ void launch_combine(const Problem& pr, const MlaDecodeParams& p, cudaStream_t st
 #endif
 }
 
-// One layer's launches once the step's schedule exists: decode and combine.
-void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st) {
+// Whether a layer's calls launch combine once the step's schedule exists.
+// The Go engine skips it where its host-side prediction of the schedule
+// (splitSlots) splits no sequence; here the schedule's own slot count is
+// read back instead, outside any timing. A kernel source without
+// mla_schedule_constants (older than v12), a fused schedule, or
+// -DMLA_BENCH_COMBINE_ALWAYS (for an A/B) launches it on every call.
+bool combine_needed(const Buffers& bufs) {
+#if defined(MLA_HAS_SCHEDULE_CONSTANTS) && !defined(MLA_BENCH_COMBINE_ALWAYS)
+  if (!kSeparateSchedule) return true;
+  CK(cudaDeviceSynchronize());
+  int header[2];
+  CK(cudaMemcpy(header, bufs.sched, sizeof(header), cudaMemcpyDeviceToHost));
+  return header[1] > 0;
+#else
+  (void)bufs;
+  return true;
+#endif
+}
+
+// One layer's launches once the step's schedule exists: decode and, where
+// the schedule splits a sequence, combine.
+void launch_layer(Kernel fn, const Problem& pr, const MlaDecodeParams& p, cudaStream_t st, bool combine) {
   launch_decode(fn, pr, p, st);
-  launch_combine(pr, p, st);
+  if (combine) launch_combine(pr, p, st);
 }
 
 #ifdef MLA_KV_MAP_BYTES  // absent from kernel versions before v10
@@ -179,7 +199,7 @@ void launch(Kernel fn, const Problem& pr, const Buffers& bufs, const void* q, co
             const int* lens, void* out, float* lse, cudaStream_t st) {
   const MlaDecodeParams p = make_params(pr, bufs, q, cache, table, lens, out, lse);
   if constexpr (kSeparateSchedule) launch_schedule(p, st);
-  launch_layer(fn, pr, p, st);
+  launch_layer(fn, pr, p, st, combine_needed(bufs));
 }
 
 float bf2f(uint16_t v) { uint32_t u = uint32_t(v) << 16; float f; memcpy(&f, &u, 4); return f; }
@@ -257,7 +277,7 @@ int check_case(int h_q, int s_q, const std::vector<int>& lens, uint32_t seed) {
     CK(cudaMemset(d_out, 0xFF, ref.size() * 2));  // NaN poison
     CK(cudaMemset(d_lse, 0xFF, ref_lse.size() * 4));
     if (reuse) {
-      launch_layer(v.fn, pr, make_params(pr, bufs, d_q, d_cache, d_table, d_lens, d_out, d_lse), 0);
+      launch_layer(v.fn, pr, make_params(pr, bufs, d_q, d_cache, d_table, d_lens, d_out, d_lse), 0, combine_needed(bufs));
     } else {
       launch(v.fn, pr, bufs, d_q, d_cache, d_table, d_lens, d_out, d_lse, 0);
     }
@@ -394,13 +414,14 @@ void time_shape(Kernel fn, int batch, int h_q, int s_q, const std::vector<int>& 
     return make_params(pr, bufs, d_q + q_elems * s, g_pool.cache, d_table + size_t(s) * batch * pr.max_pages, d_lens,
                        d_out, d_lse);
   };
+  if constexpr (kSeparateSchedule) launch_schedule(params(0), 0);
+  const bool combine = combine_needed(bufs);
   for (int with_schedule = 0; with_schedule < 2; ++with_schedule) {
-    if (!with_schedule && kSeparateSchedule) launch_schedule(params(0), 0);
     for (int i = 0; i < iters + 3; ++i) {
       const MlaDecodeParams p = params(i);
       CK(cudaEventRecord(ev[2 * i]));
       if (with_schedule && kSeparateSchedule) launch_schedule(p, 0);
-      launch_layer(fn, pr, p, 0);
+      launch_layer(fn, pr, p, 0, combine);
       CK(cudaEventRecord(ev[2 * i + 1]));
     }
     CK(cudaDeviceSynchronize());

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/mla-operator/mla-operator/worker/engine"
 )
@@ -65,6 +66,10 @@ func decodeCases() []decodeCase {
 	}
 	deepseek := float32(1 / math.Sqrt(192)) // (qk_nope + qk_rope)^-0.5
 	return []decodeCase{
+		// One block each, as many sequences as parts: no sequence is split,
+		// so the engine skips the combine launch (TestCombineRunsWhereTheScheduleSplits).
+		unsplitCase(16),
+		unsplitCase(128),
 		{"page-edges", 16, 1, []int32{1, 63, 64, 65}, deepseek},
 		{"page-edges", 32, 2, []int32{2, 63, 64, 65, 130, 1000}, deepseek},
 		{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek},
@@ -174,6 +179,127 @@ func TestDecodeMatchesFloat64Reference(t *testing.T) {
 		for i, c := range decodeCases() {
 			t.Run(kernel+"/"+c.String(), func(t *testing.T) {
 				checkDecode(t, engineFor(t, kernel), c, uint64(100+i))
+			})
+		}
+	}
+}
+
+// unsplitCase has one 64-token sequence per part of an H100 or H200 (132
+// SMs): the schedule puts each in its own part.
+func unsplitCase(heads int) decodeCase {
+	lens := make([]int32, 132/((heads+tileRows-1)/tileRows))
+	for i := range lens {
+		lens[i] = 64
+	}
+	return decodeCase{"unsplit", heads, 1, lens, float32(1 / math.Sqrt(192))}
+}
+
+// The engine predicts the schedule on the host (splitSlots) to skip the
+// combine launch where no sequence is split. The prediction must be the
+// schedule kernel's own result: batches of equal and of random lengths,
+// the benchmark's shapes, 1 to 132 parts, compared with the workspace's
+// part size and slot count.
+func TestSplitSlotsMatchesScheduleKernel(t *testing.T) {
+	e := engineFor(t, KernelAuto)
+	c := e.fn.schedConsts
+	if c == nil {
+		t.Fatal("the embedded module reports no schedule constants (mla_schedule_constants)")
+	}
+	type batch struct {
+		lens  []int32
+		parts int
+	}
+	equal := func(n, l int) []int32 {
+		lens := make([]int32, n)
+		for i := range lens {
+			lens[i] = int32(l)
+		}
+		return lens
+	}
+	batches := []batch{
+		{equal(64, 1024), 66}, {equal(128, 1024), 66}, {equal(64, 4096), 66}, {equal(128, 4096), 66},
+		{equal(64, 1024), 132}, {equal(128, 32768), 66}, {equal(6, 200), 4}, {equal(1, 1), 132},
+	}
+	rng := rand.New(rand.NewPCG(3, 5))
+	for range 400 {
+		n, parts := 1+rng.IntN(160), 1+rng.IntN(132)
+		var lens []int32
+		if rng.IntN(2) == 0 {
+			lens = equal(n, []int{1, 63, 64, 65, 200, 1000, 1024, 4096, 1 + rng.IntN(40000)}[rng.IntN(9)])
+		} else {
+			lens = make([]int32, n)
+			for i := range lens {
+				lens[i] = 1 + rng.Int32N(40000)
+			}
+		}
+		batches = append(batches, batch{lens, parts})
+	}
+	unsplit := 0
+	for i, b := range batches {
+		wantPer, wantSlots := splitSlots(b.lens, b.parts, *c)
+		per, slots, err := scheduleOnDevice(e, b.lens, b.parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if per != wantPer || slots != wantSlots {
+			t.Errorf("batch %d (%d sequences, first %d tokens, %d parts): kernel per %d slots %d, splitSlots per %d slots %d",
+				i, len(b.lens), b.lens[0], b.parts, per, slots, wantPer, wantSlots)
+		}
+		if slots == 0 {
+			unsplit++
+		}
+	}
+	if unsplit < 10 || unsplit == len(batches) {
+		t.Errorf("%d of %d batches unsplit: the batches do not cover both outcomes", unsplit, len(batches))
+	}
+}
+
+// scheduleOnDevice runs the schedule kernel alone and reads the part size
+// and the slot count from the workspace's header.
+func scheduleOnDevice(e *Engine, lens []int32, parts int) (per, slots int, err error) {
+	err = e.do(func() error {
+		s := &e.scratch
+		if err := s.ensure(0, 0, len(lens)*4, 0, 0, schedInts(len(lens), parts)*4, 0, 0); err != nil {
+			return err
+		}
+		e.sched.valid = false // the workspace is overwritten here
+		if err := copyIn(s.lens.ptr, unsafe.Pointer(&lens[0]), len(lens)*4); err != nil {
+			return err
+		}
+		p := makeDecodeParams(decodeArgs{lens: s.lens.ptr, sched: s.sched.ptr, batch: len(lens), parts: parts})
+		if err := launchDecode(e.fn.schedule, 1, 1, 32, 0, e.stream, &p); err != nil {
+			return err
+		}
+		var header [2]int32
+		if err := copyOut(unsafe.Pointer(&header[0]), s.sched.ptr, 8); err != nil {
+			return err
+		}
+		per, slots = int(header[0]), int(header[1])
+		return nil
+	})
+	return per, slots, err
+}
+
+// The combine launch is skipped exactly where the schedule splits nothing,
+// and the decode is right both ways (checkDecode poisons the outputs).
+func TestCombineRunsWhereTheScheduleSplits(t *testing.T) {
+	deepseek := float32(1 / math.Sqrt(192))
+	for _, tc := range []struct {
+		c       decodeCase
+		combine bool
+	}{
+		{unsplitCase(16), false},
+		{unsplitCase(128), false},
+		{decodeCase{"one-sequence-many-splits", 128, 1, []int32{6000}, deepseek}, true},
+		{decodeCase{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek}, true},
+	} {
+		for _, kernel := range testKernels {
+			t.Run(kernel+"/"+tc.c.String(), func(t *testing.T) {
+				e := engineFor(t, kernel)
+				checkDecode(t, e, tc.c, 900)
+				if e.sched.combine != tc.combine {
+					t.Errorf("combine launched: %v, want %v", e.sched.combine, tc.combine)
+				}
 			})
 		}
 	}

@@ -80,6 +80,10 @@ type functions struct {
 	// fusedCombine: the module's decode kernels combine split sequences
 	// themselves (built with MLA_FUSED_COMBINE), so combine is not launched.
 	fusedCombine bool
+	// schedConsts are the schedule kernel's constants, from the module;
+	// nil for a module that does not report them, whose schedules are then
+	// not predicted (combine always runs).
+	schedConsts *scheduleConstants
 	// decode holds the decode kernels the engine's variant can choose,
 	// by name (decodeFunctionName picks one per call).
 	decode map[string]cu.Function
@@ -93,14 +97,20 @@ type scheduleKey struct {
 	generation uint64
 	parts      int
 	lens       []int32
+	// combine: the schedule may split a sequence, so the combine kernel
+	// must run after decode. False only where the host's prediction of the
+	// schedule (splitSlots) finds every sequence in one part: the combine
+	// launch would find nothing to do, and costs ~5 us a call (H100,
+	// docs/kernel-notes.md, v12).
+	combine bool
 }
 
 func (k *scheduleKey) matches(generation uint64, parts int, lens []int32) bool {
 	return k.valid && k.generation == generation && k.parts == parts && slices.Equal(k.lens, lens)
 }
 
-func (k *scheduleKey) set(generation uint64, parts int, lens []int32) {
-	k.valid, k.generation, k.parts = true, generation, parts
+func (k *scheduleKey) set(generation uint64, parts int, lens []int32, combine bool) {
+	k.valid, k.generation, k.parts, k.combine = true, generation, parts, combine
 	k.lens = append(k.lens[:0], lens...)
 }
 
@@ -190,6 +200,9 @@ func (e *Engine) load(image []byte) error {
 		e.fn.fusedCombine = true
 	case !isNotFound(err):
 		return fmt.Errorf("cuda engine: looking up mla_decode_fused_combine: %w", err)
+	}
+	if e.fn.schedConsts, err = e.scheduleConstants(isNotFound); err != nil {
+		return err
 	}
 	if e.fn.decode, err = loadDecodeFunctions(e.kernel, e.mod.Function, isNotFound); err != nil {
 		return fmt.Errorf("cuda engine: %w", err)
@@ -312,13 +325,18 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			if err := launchDecode(e.fn.schedule, 1, 1, 32, 0, e.stream, &p); err != nil {
 				return fmt.Errorf("cuda engine: schedule: %w", err)
 			}
-			e.sched.set(s.generation, parts, req.SeqLens)
+			combine := true
+			if c := e.fn.schedConsts; c != nil {
+				_, slots := splitSlots(req.SeqLens, parts, *c)
+				combine = slots > 0
+			}
+			e.sched.set(s.generation, parts, req.SeqLens, combine)
 		}
 		decode := e.fn.decode[decodeFunctionName(e.kernel, tiles, meanLen(req.SeqLens), e.hasDecode)]
 		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)
 		}
-		if !e.fn.fusedCombine {
+		if e.sched.combine && !e.fn.fusedCombine {
 			if err := launchDecode(e.fn.combine, req.Batch, (rows+7)/8, 256, 0, e.stream, &p); err != nil {
 				return fmt.Errorf("cuda engine: combine: %w", err)
 			}
@@ -352,6 +370,31 @@ func (e *Engine) Close() error {
 		err = errors.Join(err, fmt.Errorf("cuda engine: releasing the primary context: %w", rerr))
 	}
 	return err
+}
+
+// scheduleConstants reads the module's mla_schedule_constants (tokens per
+// block, the per-sequence charge, the unsplit slack); nil, nil for a module
+// without them.
+func (e *Engine) scheduleConstants(isNotFound func(error) bool) (*scheduleConstants, error) {
+	const name = "mla_schedule_constants"
+	ptr, size, err := e.mod.Global(name)
+	switch {
+	case isNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("cuda engine: looking up %s: %w", name, err)
+	case size != 3*4:
+		return nil, fmt.Errorf("cuda engine: %s is %d bytes, want 12", name, size)
+	}
+	var v [3]int32
+	if err := copyOut(unsafe.Pointer(&v[0]), ptr, len(v)*4); err != nil {
+		return nil, fmt.Errorf("cuda engine: reading %s: %w", name, err)
+	}
+	c := scheduleConstants{blockTokens: int(v[0]), overheadBlocks: int(v[1]), unsplitSlack: int(v[2])}
+	if c.blockTokens != engine.PageSize || c.overheadBlocks < 0 || c.unsplitSlack < 0 {
+		return nil, fmt.Errorf("cuda engine: the module's schedule constants %v do not fit this engine", v)
+	}
+	return &c, nil
 }
 
 func copyIn(dst cu.DevicePtr, src unsafe.Pointer, n int) error {

@@ -28,10 +28,12 @@ const DefaultKernel = KernelAuto
 // seesaw for multi-tile queries. Measured side by side (H100, 2026-11-27,
 // v10, docs/benchmarks.md): at h_q = 128 seesaw runs 1.14-1.17x as fast
 // as wgmma at s_k = 4096 and 1.21-1.28x from s_k = 16384, 1.10x on mixed
-// lengths, 1.13-1.29x at s_q = 2; at s_k = 1024 it is 1.03x for b = 64 but
-// 0.91x for b = 128, where its per-sequence costs (the first products of
-// both warpgroups, the epilogue) weigh most.
-const seesawMinMeanLen = 2048
+// lengths, 1.13-1.29x at s_q = 2. At s_k = 1024 it was 1.03x for b = 64
+// but 0.91x for b = 128, where its per-piece costs weighed most, until
+// v11's schedule stopped splitting equal short sequences: 1.05x (b = 64)
+// and 1.08-1.16x (b = 128) on H100, 2026-12-05. Shorter means are not
+// measured and stay with wgmma.
+const seesawMinMeanLen = 1024
 
 // decodeFunctionName is the module function that a decode call with the
 // given number of 64-row query tiles (s_q x h_q rows) and mean sequence
@@ -55,7 +57,10 @@ func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name 
 
 // seesawPairFunction is the seesaw kernel for an even number of query
 // tiles: tiles 2j and 2j + 1 of a part run as a cluster of two CTAs that
-// share each block's copies (L2 sends each block once per pair).
+// share each block's copies (L2 sends each block once per pair). Only a
+// module built with MLA_SEESAW_PAIR has it: it ran 0.80-0.95x as fast as
+// seesaw on every shape measured (H100, 2026-12-05), so the committed
+// module is built without it.
 const seesawPairFunction = "mla_decode_seesaw_pair"
 
 // decodeFunctions are the module functions an engine of variant kernel

@@ -28,8 +28,8 @@ func TestDecodeFunctionName(t *testing.T) {
 	}{
 		{KernelAuto, 1, 32768, loadedAll, "mla_decode_wgmma"},                    // h_q <= 64, s_q = 1
 		{KernelAuto, 2, 4096, loadedAll, "mla_decode_seesaw_pair"},               // h_q = 128
-		{KernelAuto, 2, 2048, loadedAll, "mla_decode_seesaw_pair"},               // at the threshold
-		{KernelAuto, 2, 2047, loadedAll, "mla_decode_wgmma"},                     // short sequences
+		{KernelAuto, 2, 1024, loadedAll, "mla_decode_seesaw_pair"},               // at the threshold
+		{KernelAuto, 2, 1023, loadedAll, "mla_decode_wgmma"},                     // short sequences
 		{KernelAuto, 4, 16384, loadedAll, "mla_decode_seesaw_pair"},              // h_q = 128, s_q = 2
 		{KernelAuto, 3, 4096, loadedAll, "mla_decode_seesaw"},                    // tiles that do not pair up
 		{KernelAuto, 2, 4096, loadedRequired(KernelSeesaw), "mla_decode_seesaw"}, // a module without the pair kernel
