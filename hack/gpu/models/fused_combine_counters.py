@@ -1,4 +1,4 @@
-# Desk check of the pending v11 patch (hack/gpu/pending/), no GPU needed:
+# Desk check of v11 code in kernels/mla_decode.cu (written before a GPU ran it), no GPU needed:
 #   python3 hack/gpu/models/fused_combine_counters.py
 # Model of the schedule (mla_decode_schedule) and the fused combine's
 # counters (MLA_FUSED_COMBINE): every split sequence's counter for (tile, half, warp) gets

@@ -1,4 +1,4 @@
-# Desk check of the pending v11 patch (hack/gpu/pending/), no GPU needed:
+# Desk check of v11 code in kernels/mla_decode.cu (written before a GPU ran it), no GPU needed:
 #   python3 hack/gpu/models/panel_barrier_phases.py
 # Sequential model of the seesaw kernel's per-panel barriers
 # (MLA_PANEL_BARRIERS): which block each fill of a stage's nine panel

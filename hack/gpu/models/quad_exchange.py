@@ -1,4 +1,4 @@
-# Desk check of the pending v11 patch (hack/gpu/pending/), no GPU needed:
+# Desk check of v11 code in kernels/mla_decode.cu (written before a GPU ran it), no GPU needed:
 #   python3 hack/gpu/models/quad_exchange.py
 # Lane-level model of store_row's shuffles under MLA_EPILOGUE_QUAD: the bf16
 # 4x4 xor exchange and the fp32 two-round exchange. A lane holds o[n] = the
