@@ -201,7 +201,7 @@ func (e *Engine) load(image []byte) error {
 	case !isNotFound(err):
 		return fmt.Errorf("cuda engine: looking up mla_decode_fused_combine: %w", err)
 	}
-	if e.fn.schedConsts, err = e.scheduleConstants(isNotFound); err != nil {
+	if e.fn.schedConsts, err = e.loadScheduleConstants(isNotFound); err != nil {
 		return err
 	}
 	if e.fn.decode, err = loadDecodeFunctions(e.kernel, e.mod.Function, isNotFound); err != nil {
@@ -372,10 +372,10 @@ func (e *Engine) Close() error {
 	return err
 }
 
-// scheduleConstants reads the module's mla_schedule_constants (tokens per
+// loadScheduleConstants reads the module's mla_schedule_constants (tokens per
 // block, the per-sequence charge, the unsplit slack); nil, nil for a module
 // without them.
-func (e *Engine) scheduleConstants(isNotFound func(error) bool) (*scheduleConstants, error) {
+func (e *Engine) loadScheduleConstants(isNotFound func(error) bool) (*scheduleConstants, error) {
 	const name = "mla_schedule_constants"
 	ptr, size, err := e.mod.Global(name)
 	switch {
