@@ -40,8 +40,10 @@ const seesawMinMeanLen = 1024
 // length runs under kernel; loaded says whether the engine has a function.
 // auto: wgmma for one tile, where its lockstep warpgroups are at 0.83-1.03
 // of FlashMLA; seesaw for several tiles (h_q = 128, or s_q = 2 with
-// h_q = 64) unless the sequences are short or the module lacks it. seesaw
-// runs as CTA pairs where the tiles pair up and the module has that kernel.
+// h_q = 64) unless the sequences are short or the module lacks it. The
+// engine does not run mla_decode_seesaw_pair (CTA pairs sharing copies, in
+// a module built with MLA_SEESAW_PAIR): it ran 0.80-0.95x as fast as seesaw
+// on every shape measured (H100, 2026-12-05, docs/kernel-notes.md v11).
 func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name string) bool) string {
 	if kernel == KernelAuto {
 		kernel = KernelWGMMA
@@ -49,19 +51,8 @@ func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name 
 			kernel = KernelSeesaw
 		}
 	}
-	if kernel == KernelSeesaw && tiles%2 == 0 && loaded(seesawPairFunction) {
-		return seesawPairFunction
-	}
 	return decodeFunction(kernel)
 }
-
-// seesawPairFunction is the seesaw kernel for an even number of query
-// tiles: tiles 2j and 2j + 1 of a part run as a cluster of two CTAs that
-// share each block's copies (L2 sends each block once per pair). Only a
-// module built with MLA_SEESAW_PAIR has it: it ran 0.80-0.95x as fast as
-// seesaw on every shape measured (H100, 2026-12-05), so the committed
-// module is built without it.
-const seesawPairFunction = "mla_decode_seesaw_pair"
 
 // decodeFunctions are the module functions an engine of variant kernel
 // loads. It fails without a required one; an optional one is an
@@ -69,11 +60,8 @@ const seesawPairFunction = "mla_decode_seesaw_pair"
 // from an older kernel source (EnvModule) still serves, on the kernels it
 // has.
 func decodeFunctions(kernel string) (required, optional []string) {
-	switch kernel {
-	case KernelAuto:
-		return []string{decodeFunction(KernelWGMMA)}, []string{decodeFunction(KernelSeesaw), seesawPairFunction}
-	case KernelSeesaw:
-		return []string{decodeFunction(KernelSeesaw)}, []string{seesawPairFunction}
+	if kernel == KernelAuto {
+		return []string{decodeFunction(KernelWGMMA)}, []string{decodeFunction(KernelSeesaw)}
 	}
 	return []string{decodeFunction(kernel)}, nil
 }

@@ -27,18 +27,17 @@ func TestDecodeFunctionName(t *testing.T) {
 		want    string
 	}{
 		{KernelAuto, 1, 32768, loadedAll, "mla_decode_wgmma"},                    // h_q <= 64, s_q = 1
-		{KernelAuto, 2, 4096, loadedAll, "mla_decode_seesaw_pair"},               // h_q = 128
-		{KernelAuto, 2, 1024, loadedAll, "mla_decode_seesaw_pair"},               // at the threshold
+		{KernelAuto, 2, 4096, loadedAll, "mla_decode_seesaw"},                    // h_q = 128
+		{KernelAuto, 2, 1024, loadedAll, "mla_decode_seesaw"},                    // at the threshold
 		{KernelAuto, 2, 1023, loadedAll, "mla_decode_wgmma"},                     // short sequences
-		{KernelAuto, 4, 16384, loadedAll, "mla_decode_seesaw_pair"},              // h_q = 128, s_q = 2
-		{KernelAuto, 3, 4096, loadedAll, "mla_decode_seesaw"},                    // tiles that do not pair up
-		{KernelAuto, 2, 4096, loadedRequired(KernelSeesaw), "mla_decode_seesaw"}, // a module without the pair kernel
+		{KernelAuto, 4, 16384, loadedAll, "mla_decode_seesaw"},                   // h_q = 128, s_q = 2
+		{KernelAuto, 3, 4096, loadedAll, "mla_decode_seesaw"},                    // three tiles
+		{KernelAuto, 2, 4096, loadedRequired(KernelSeesaw), "mla_decode_seesaw"}, // a module with only seesaw
 		{KernelAuto, 2, 0, loadedAll, "mla_decode_wgmma"},
 		{KernelAuto, 2, 4096, loadedRequired(KernelAuto), "mla_decode_wgmma"}, // a module without seesaw
 		{KernelWGMMA, 2, 32768, loadedAll, "mla_decode_wgmma"},                // explicit choices are kept
 		{KernelSeesaw, 1, 1, loadedAll, "mla_decode_seesaw"},
-		{KernelSeesaw, 2, 1, loadedAll, "mla_decode_seesaw_pair"},
-		{KernelSeesaw, 2, 1, loadedRequired(KernelSeesaw), "mla_decode_seesaw"}, // a module without the pair kernel
+		{KernelSeesaw, 2, 1, loadedAll, "mla_decode_seesaw"}, // the pair kernel, even where loaded, is never chosen
 		{KernelMMA, 2, 4096, loadedAll, "mla_decode_mma"},
 	} {
 		if got := decodeFunctionName(c.kernel, c.tiles, c.meanLen, c.loaded); got != c.want {
@@ -121,7 +120,7 @@ func TestLoadDecodeFunctions(t *testing.T) {
 		wantErr error
 	}{
 		{"auto, full module", KernelAuto, moduleWith(nil, "mla_decode_wgmma", "mla_decode_seesaw", "mla_decode_seesaw_pair", "mla_decode_mma"),
-			[]string{"mla_decode_seesaw", "mla_decode_seesaw_pair", "mla_decode_wgmma"}, nil},
+			[]string{"mla_decode_seesaw", "mla_decode_wgmma"}, nil},
 		{"auto without seesaw", KernelAuto, moduleWith(nil, "mla_decode_wgmma"), []string{"mla_decode_wgmma"}, nil},
 		{"auto without wgmma", KernelAuto, moduleWith(nil, "mla_decode_seesaw"), nil, errNotFound},
 		{"auto, seesaw unreadable", KernelAuto, moduleWith([]string{"mla_decode_seesaw"}, "mla_decode_wgmma"), nil, errBroken},
