@@ -60,10 +60,7 @@ func decodeCases() []decodeCase {
 	for i := range batch300 {
 		batch300[i] = 1 + rng.Int32N(200)
 	}
-	uniform := make([]int32, 16)
-	for i := range uniform {
-		uniform[i] = 1000 // part boundaries snap to sequence starts
-	}
+	uniform := equalLens(16, 1000)          // part boundaries snap to sequence starts
 	deepseek := float32(1 / math.Sqrt(192)) // (qk_nope + qk_rope)^-0.5
 	return []decodeCase{
 		// One block each, as many sequences as parts: no sequence is split,
@@ -187,10 +184,7 @@ func TestDecodeMatchesFloat64Reference(t *testing.T) {
 // unsplitCase has one 64-token sequence per part of an H100 or H200 (132
 // SMs): the schedule puts each in its own part.
 func unsplitCase(heads int) decodeCase {
-	lens := make([]int32, 132/((heads+tileRows-1)/tileRows))
-	for i := range lens {
-		lens[i] = 64
-	}
+	lens := equalLens(132/((heads+tileRows-1)/tileRows), 64)
 	return decodeCase{"unsplit", heads, 1, lens, float32(1 / math.Sqrt(192))}
 }
 
@@ -209,23 +203,16 @@ func TestSplitSlotsMatchesScheduleKernel(t *testing.T) {
 		lens  []int32
 		parts int
 	}
-	equal := func(n, l int) []int32 {
-		lens := make([]int32, n)
-		for i := range lens {
-			lens[i] = int32(l)
-		}
-		return lens
-	}
 	batches := []batch{
-		{equal(64, 1024), 66}, {equal(128, 1024), 66}, {equal(64, 4096), 66}, {equal(128, 4096), 66},
-		{equal(64, 1024), 132}, {equal(128, 32768), 66}, {equal(6, 200), 4}, {equal(1, 1), 132},
+		{equalLens(64, 1024), 66}, {equalLens(128, 1024), 66}, {equalLens(64, 4096), 66}, {equalLens(128, 4096), 66},
+		{equalLens(64, 1024), 132}, {equalLens(128, 32768), 66}, {equalLens(6, 200), 4}, {equalLens(1, 1), 132},
 	}
 	rng := rand.New(rand.NewPCG(3, 5))
 	for range 400 {
 		n, parts := 1+rng.IntN(160), 1+rng.IntN(132)
 		var lens []int32
 		if rng.IntN(2) == 0 {
-			lens = equal(n, []int{1, 63, 64, 65, 200, 1000, 1024, 4096, 1 + rng.IntN(40000)}[rng.IntN(9)])
+			lens = equalLens(n, []int{1, 63, 64, 65, 200, 1000, 1024, 4096, 1 + rng.IntN(40000)}[rng.IntN(9)])
 		} else {
 			lens = make([]int32, n)
 			for i := range lens {
@@ -569,10 +556,7 @@ func BenchmarkDecode(b *testing.B) {
 			for i, p := range perm {
 				table[i] = int32(p)
 			}
-			lens := make([]int32, bc.batch)
-			for i := range lens {
-				lens[i] = int32(bc.seqLen)
-			}
+			lens := equalLens(bc.batch, bc.seqLen)
 			q := make([]uint16, bc.batch*bc.heads*engine.RowDim)
 			for i := range q {
 				q[i] = randomBF16(rng)

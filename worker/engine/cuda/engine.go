@@ -97,11 +97,11 @@ type scheduleKey struct {
 	generation uint64
 	parts      int
 	lens       []int32
-	// combine: the schedule may split a sequence, so the combine kernel
-	// must run after decode. False only where the host's prediction of the
-	// schedule (splitSlots) finds every sequence in one part: the combine
-	// launch would find nothing to do, and costs ~5 us a call (H100,
-	// docs/kernel-notes.md, v12).
+	// combine: the combine kernel runs after decode. False where the
+	// decode kernels combine split sequences themselves, and where the
+	// host's prediction of the schedule (splitSlots) finds every sequence
+	// in one part: the launch would find nothing to do, and costs ~5 us a
+	// call (H100, docs/kernel-notes.md, v12).
 	combine bool
 }
 
@@ -325,18 +325,13 @@ func (e *Engine) Decode(ctx context.Context, c engine.Cache, req *engine.DecodeR
 			if err := launchDecode(e.fn.schedule, 1, 1, 32, 0, e.stream, &p); err != nil {
 				return fmt.Errorf("cuda engine: schedule: %w", err)
 			}
-			combine := true
-			if c := e.fn.schedConsts; c != nil {
-				_, slots := splitSlots(req.SeqLens, parts, *c)
-				combine = slots > 0
-			}
-			e.sched.set(s.generation, parts, req.SeqLens, combine)
+			e.sched.set(s.generation, parts, req.SeqLens, e.needsCombine(req.SeqLens, parts))
 		}
 		decode := e.fn.decode[decodeFunctionName(e.kernel, tiles, meanLen(req.SeqLens), e.hasDecode)]
 		if err := launchDecode(decode, parts, tiles, decodeThreads, smemBytes, e.stream, &p); err != nil {
 			return fmt.Errorf("cuda engine: decode: %w", err)
 		}
-		if e.sched.combine && !e.fn.fusedCombine {
+		if e.sched.combine {
 			if err := launchDecode(e.fn.combine, req.Batch, (rows+7)/8, 256, 0, e.stream, &p); err != nil {
 				return fmt.Errorf("cuda engine: combine: %w", err)
 			}
@@ -372,6 +367,19 @@ func (e *Engine) Close() error {
 	return err
 }
 
+// needsCombine says whether a schedule of these lengths over parts parts
+// leaves partials for the combine kernel.
+func (e *Engine) needsCombine(lens []int32, parts int) bool {
+	if e.fn.fusedCombine {
+		return false
+	}
+	if e.fn.schedConsts == nil {
+		return true // a module that does not say how it schedules
+	}
+	_, slots := splitSlots(lens, parts, *e.fn.schedConsts)
+	return slots > 0
+}
+
 // loadScheduleConstants reads the module's mla_schedule_constants (tokens per
 // block, the per-sequence charge, the unsplit slack); nil, nil for a module
 // without them.
@@ -392,7 +400,9 @@ func (e *Engine) loadScheduleConstants(isNotFound func(error) bool) (*scheduleCo
 	}
 	c := scheduleConstants{blockTokens: int(v[0]), overheadBlocks: int(v[1]), unsplitSlack: int(v[2])}
 	if c.blockTokens != engine.PageSize || c.overheadBlocks < 0 || c.unsplitSlack < 0 {
-		return nil, fmt.Errorf("cuda engine: the module's schedule constants %v do not fit this engine", v)
+		return nil, fmt.Errorf("cuda engine: the module schedules %d-token blocks with a charge of %d blocks and a slack "+
+			"of %d; this engine needs %d-token blocks and no negative values: build the module from this "+
+			"repository's kernels/ (make kernels)", c.blockTokens, c.overheadBlocks, c.unsplitSlack, engine.PageSize)
 	}
 	return &c, nil
 }

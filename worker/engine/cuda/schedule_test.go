@@ -6,6 +6,8 @@ import (
 	"testing"
 )
 
+// equalLens is a batch of n sequences of tokens tokens each (shared with
+// the GPU tests).
 func equalLens(n, tokens int) []int32 {
 	lens := make([]int32, n)
 	for i := range lens {
