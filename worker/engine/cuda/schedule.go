@@ -8,7 +8,7 @@ package cuda
 type scheduleConstants struct {
 	blockTokens    int // tokens per KV block (the page)
 	overheadBlocks int // the fixed charge of a sequence, in blocks
-	unsplitSlack   int // how many part sizes above the balanced one are tried for a split-free schedule
+	unsplitSlack   int // how many part sizes, from the balanced one up, are tried for a split-free schedule (at most slack - 1 above it)
 }
 
 // splitSlots mirrors mla_decode_schedule (kernels/mla_decode.cu) for one

@@ -38,9 +38,15 @@ func TestSplitSlots(t *testing.T) {
 		// 66 units a sequence over 64 per part: every sequence but the
 		// first crosses an edge (62 of 64 in two pieces, as the notes say).
 		{"64x4096 h_q=128 balanced", equalLens(64, 4096), 66, balanced, 64, 124},
-		// 18 units over 9 per part: an unsplit size (18) is 9 past the
-		// slack, so every sequence is cut in two.
+		// 18 units over 9 per part: the unsplit size (18) is 9 above the
+		// balanced one, past the 8 sizes tried, so every sequence is cut
+		// in two.
 		{"64x1024 h_q=16", equalLens(64, 1024), 132, committed, 9, 128},
+		// The ends of the slack range: the 8 sizes tried are per .. per + 7.
+		// Over 105 parts the balanced size is 11 and 18 = 11 + 7 is taken;
+		// over 116 parts it is 10, and 18 = 10 + 8 is not.
+		{"64x1024 over 105, slack's last size", equalLens(64, 1024), 105, committed, 18, 0},
+		{"64x1024 over 116, past the slack", equalLens(64, 1024), 116, committed, 10, 154},
 		// The C++ check's case: 6 units each, 12 per part, one part empty.
 		{"6x200 over 4", equalLens(6, 200), 4, committed, 12, 0},
 		{"one token", []int32{1}, 132, committed, 1, 0},
