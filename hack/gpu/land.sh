@@ -13,15 +13,17 @@
 # hack/verify-kernels.sh that the sources here are the ones the module was
 # built from. Committing is left to the caller, with docs/benchmarks.md.
 set -euo pipefail
+[[ $# == 1 ]] || { sed -n '2,9p' "$0" >&2; exit 2; }
+src=$(realpath "$1") # before the cd below, so a relative path works
 cd "$(dirname "$0")/../.."
 
-[[ $# == 1 ]] || { sed -n '2,9p' "$0" >&2; exit 2; }
-src=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# A finished run leaves only results.tgz in its output folder.
+[[ -d $src && ! -d $src/r && -f $src/results.tgz ]] && src=$src/results.tgz
 if [[ -f $src ]]; then
-	tmp=$(mktemp -d)
-	trap 'rm -rf "$tmp"' EXIT
-	tar -C "$tmp" -xzf "$src"
-	src=$tmp
+	mkdir "$tmp/run" && tar -C "$tmp/run" -xzf "$src"
+	src=$tmp/run
 fi
 [[ -d $src/r ]] && src=$src/r
 [[ -d $src ]] || { echo "land: $1 is neither a results.tgz nor a folder" >&2; exit 2; }
@@ -38,6 +40,14 @@ for log in "$src"/sanitizer-*.log; do
 	[[ $(tail -n 1 "$log") == "compute-sanitizer exit 0" ]] || fail "$(basename "$log" .log) reported errors or did not finish ($log)"
 done
 
+# What is replaced is kept, to put back if the sources here turn out not to
+# be the module's (git checkout would also drop uncommitted kernel edits).
+mkdir "$tmp/kept"
+cp kernels/mla_decode.cubin kernels/mla_decode.resources.txt kernels/SOURCES.sha256 "$tmp/kept/"
+if [[ -d $src/promoted ]]; then
+	for f in "$src"/promoted/*; do cp "kernels/$(basename "$f")" "$tmp/kept/"; done
+fi
+
 if [[ -d $src/promoted ]]; then
 	cp "$src"/promoted/* kernels/
 	echo "land: kernel source from the run's promote stage: $(cd "$src/promoted" && echo *)"
@@ -45,8 +55,9 @@ if [[ -d $src/promoted ]]; then
 fi
 cp "$src/mla_decode.cubin" "$src/mla_decode.resources.txt" "$src/SOURCES.sha256" kernels/
 if ! hack/verify-kernels.sh; then
-	echo "land: the module in kernels/ now is not built from the sources here (a missing 'git apply' of the pending patch?)." >&2
-	echo "  Restore the old one with: git checkout kernels/" >&2
+	cp "$tmp"/kept/* kernels/
+	echo "land: not landing: the run's module was not built from the kernel sources here (were the run's source edits" >&2
+	echo "  applied here?); kernels/ is as it was." >&2
 	exit 1
 fi
 sed -n 2p "$src/machine.txt" 2>/dev/null | sed 's/^/land: built and checked on: /' || true

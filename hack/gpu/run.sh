@@ -42,8 +42,10 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 OUT=${OUT:-$PWD/gpu-results}
-mkdir -p "$OUT/r"
 R=$OUT/r
+# A warm machine keeps an earlier call's folder: its check and test logs
+# must not pass for this call's (hack/gpu/land.sh reads them).
+rm -rf "$R" && mkdir -p "$R"
 GO_TEST_BIN=${GO_TEST_BIN:-.gpu-bin/cuda.test}
 stages=${*:-build check gotest sanitize bench}
 for stage in $stages; do
@@ -68,6 +70,7 @@ stop() { echo "$2"; pack; exit "$1"; }
 ab_labels=() && declare -A ab_flags ab_source
 for spec in ${AB:-}; do
 	label=${spec%%=*} flags=${spec#*=}
+	[[ ! -v ab_flags[$label] ]] || { echo "AB names $label twice" >&2; exit 2; }
 	flags=${flags//,/ }
 	if [[ $flags == @* ]]; then
 		dir=${flags%% *} && flags=${flags#"$dir"} && ab_source[$label]=${dir#@}
