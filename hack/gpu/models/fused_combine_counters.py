@@ -8,8 +8,14 @@
 # sequence) the same, the parts still cover every block within P parts,
 # and where the larger size is taken no sequence is split.
 import bisect
+import os
 import random
-OVER = 2
+import re
+# The charge and the slack as kernels/mla_decode_params.h defaults them.
+with open(os.path.join(os.path.dirname(__file__), "../../../kernels/mla_decode_params.h")) as f:
+    params = f.read()
+OVER = int(re.search(r"#define MLA_SEQ_OVERHEAD_BLOCKS (\d+)", params).group(1))
+SLACK = int(re.search(r"#define MLA_SCHED_UNSPLIT_SLACK (\d+)", params).group(1))
 def cdiv(a, b): return (a + b - 1) // b
 def sequence_at(prefix, x):  # the kernel's binary search: the largest b with prefix[b] <= x
     return bisect.bisect_right(prefix, x) - 1
@@ -20,7 +26,6 @@ def part_size(prefix, total, P, slack):
             return cand
     return per
 def check(lens, P, tiles, slack=0):
-    B = len(lens)
     prefix, c = [], 0
     for L in lens:
         prefix.append(c); c += cdiv(L, 64) + OVER
@@ -62,7 +67,7 @@ for it in range(20000):
     lens = [random.choice([1, 63, 64, 65, random.randint(1, 40000)]) for _ in range(B)]
     if it % 4 == 0:  # one length for the batch: where the larger part size applies
         lens = [random.choice([64, 1024, 4096, 16384, random.randint(1, 9000)])] * B
-    check(lens, P, tiles, random.choice([0, 5]))
+    check(lens, P, tiles, random.choice([0, 5, SLACK]))
 # The anchor shapes the slack is for (h_q = 128: 66 parts), and small
 # cases worked by hand, sequences of 3 blocks (5 units): 3 over 2 parts,
 # balanced 8 units (the edge 3 units into the second sequence, past its

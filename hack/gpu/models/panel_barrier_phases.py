@@ -21,7 +21,6 @@ def run(pieces):
     def wait_share(s,w,par,blk):
         for pn in SHARE[(s,w)]: wait(s,pn,par,blk)
     P=len(pieces)
-    cur=0
     copy(0,0,(0,0)); copy(0,1,(0,0))
     if pieces[0]>1: copy(1,0,(0,1)); copy(1,1,(0,1))
     phase=[0,0]
