@@ -65,7 +65,7 @@ test: verify vet bins build test-scripts ## Unit, integration (envtest) and end-
 
 .PHONY: test-scripts
 test-scripts: ## The GPU machine's scripts, checked without a GPU: syntax, and the promote step's self-test.
-	for f in hack/*.sh hack/gpu/*.sh; do bash -n "$$f"; done
+	for f in hack/*.sh hack/gpu/*.sh; do bash -n "$$f" || exit 1; done
 	python3 hack/gpu/promote.py self-test >/dev/null
 
 .PHONY: test-unit
@@ -98,7 +98,7 @@ kernels-frontend: ## Compile the kernels' C++ with any nvcc, no GPU (catches C++
 
 .PHONY: kernels-assemble
 kernels-assemble: ## Build the GPU benchmark and kernels for sm_90a with Debian trixie's CUDA 12.4 (fetched once, ~1 GB), no GPU: ptxas and link errors, registers, spills.
-	NVCC=$$(hack/hopper-toolkit.sh) hack/kernels-frontend.sh
+	nvcc=$$(hack/hopper-toolkit.sh) && NVCC=$$nvcc KERNELS_DEPTH=sm_90a hack/kernels-frontend.sh
 
 ##@ Images
 

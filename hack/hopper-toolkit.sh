@@ -26,6 +26,7 @@
 # symbolic link would pick up the system's 11.8 headers: the wrappers exec
 # the real binaries.)
 set -euo pipefail
+. "$(dirname "$0")/nvcc-flags.sh"
 
 want_path=false
 if [[ ${1:-} == --path ]]; then want_path=true; fi
@@ -62,6 +63,12 @@ apt-get "${apt_opts[@]}" -q update >&2
 v=$(version nvidia-cuda-toolkit)
 [[ -n $v ]] || { echo "hopper-toolkit: Debian $suite offers no nvidia-cuda-toolkit" >&2; exit 1; }
 dir=${MLA_HOPPER_TOOLKIT:-$cache/cuda-${v%%~*}}
+# A half-unpacked toolkit of ours is replaced; anything else in the way is
+# not ours to delete.
+if [[ -d $dir && ! -f $dir/.complete && -n $(ls -A "$dir") && ! -e $dir/usr/lib/nvidia-cuda-toolkit ]]; then
+	echo "hopper-toolkit: $dir exists and holds no toolkit of this script's; empty it or set MLA_HOPPER_TOOLKIT elsewhere" >&2
+	exit 1
+fi
 rm -rf "$dir" && mkdir -p "$dir"
 (cd "$apt_dir/debs" && rm -f ./*.deb && apt-get "${apt_opts[@]}" -q download "${packages[@]}" >&2)
 for deb in "$apt_dir"/debs/nvidia-cuda-toolkit_*.deb; do dpkg-deb -x "$deb" "$dir"; done
@@ -89,12 +96,11 @@ LIBRARIES =+ $(_SPACE_) "-L$(TOP)/usr/lib/x86_64-linux-gnu"
 EOF
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
-echo '__global__ void probe() {}' >"$probe/probe.cu"
-"$bin/nvcc" -cubin -gencode arch=compute_90a,code=sm_90a -o "$probe/probe.cubin" "$probe/probe.cu" >&2 ||
-	{ echo "hopper-toolkit: $bin/nvcc cannot compile for sm_90a" >&2; exit 1; }
+mla_nvcc_assembles_sm90a "$bin/nvcc" "$probe" ||
+	{ cat "$probe/probe.log" >&2; echo "hopper-toolkit: $bin/nvcc cannot compile for sm_90a" >&2; exit 1; }
 mkdir -p "$dir/wrap"
 for tool in "$bin/nvcc" "$dir/usr/bin/cuobjdump" "$dir/usr/bin/nvdisasm"; do
-	printf '#!/bin/sh\nexec %s "$@"\n' "$tool" >"$dir/wrap/$(basename "$tool")"
+	printf '#!/bin/sh\nexec %q "$@"\n' "$tool" >"$dir/wrap/$(basename "$tool")"
 	chmod +x "$dir/wrap/$(basename "$tool")"
 done
 touch "$dir/.complete"

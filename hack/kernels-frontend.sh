@@ -16,9 +16,12 @@
 #   hack/kernels-frontend.sh [source] [-Dname=value ...]
 #
 # Every macro set in $KERNEL_VARIANTS (sets separated by ';'; default: as
-# committed and the trace build; a pending patch names its experiments'
-# sets) is compiled, each with the extra -D options given; a failing set
-# fails the run after the others are reported.
+# committed, the trace build, and each experiment the source keeps off,
+# found by its `#ifndef MLA_X  // ... (experiment)` line, turned on alone)
+# is compiled, each with the extra -D options given; a failing set fails
+# the run after the others are reported. KERNELS_DEPTH=sm_90a fails the
+# run, with the compiler's word, where the nvcc given cannot assemble for
+# sm_90a, instead of falling back to PTX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,16 +29,20 @@ NVCC=${NVCC:-nvcc}
 command -v "$NVCC" >/dev/null || { echo "kernels-frontend: no $NVCC (apt-get install nvidia-cuda-toolkit, or NVCC=\$(hack/hopper-toolkit.sh))" >&2; exit 1; }
 src=kernels/mla_decode.cu
 if [[ $# -gt 0 && $1 != -D* ]]; then src=$1 && shift; fi
-variants=${KERNEL_VARIANTS:-" ;-DMLA_TRACE"}
+experiments=$(sed -n 's|^#ifndef \(MLA_[A-Z0-9_]*\) *//.*(experiment).*|;-D\1=1|p' "$src" | tr -d '\n')
+variants=${KERNEL_VARIANTS:-" ;-DMLA_TRACE$experiments"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-echo '__global__ void probe() {}' >"$out/probe.cu"
-if "$NVCC" -cubin -gencode arch=compute_90a,code=sm_90a -o "$out/probe.cubin" "$out/probe.cu" 2>/dev/null; then
+. hack/nvcc-flags.sh
+if mla_nvcc_assembles_sm90a "$NVCC" "$out"; then
 	depth=sm_90a
-	. hack/nvcc-flags.sh
 	flags=("${MLA_NVCC_FLAGS[@]}" "${MLA_PTXAS_REPORT[@]}" -DMLA_KERNEL_SOURCE="\"$(realpath "$src")\"")
 	inputs=(hack/gpu/mla_bench.cu "${MLA_BENCH_LIBS[@]}")
+elif [[ ${KERNELS_DEPTH:-} == sm_90a ]]; then
+	cat "$out/probe.log" >&2
+	echo "kernels-frontend: $NVCC cannot assemble for sm_90a (KERNELS_DEPTH=sm_90a)" >&2
+	exit 1
 else
 	depth=ptx
 	flags=(-std=c++17 -arch=sm_90 -ptx -D__CUDA_ARCH_FEAT_SM90_ALL)
