@@ -46,34 +46,6 @@
 
 // Tells the benchmark driver this source has mla_decode_seesaw.
 #define MLA_HAS_SEESAW 1
-#ifndef MLA_SEESAW_PAIR  // mla_decode_seesaw_pair (experiment)
-#define MLA_SEESAW_PAIR 0
-#endif
-#ifndef MLA_EPILOGUE_QUAD  // 16-byte output stores in the seesaw epilogue (experiment)
-#define MLA_EPILOGUE_QUAD 0
-#endif
-#ifndef MLA_PANEL_BARRIERS  // seesaw: one barrier per 64-column panel, not per share (experiment)
-#define MLA_PANEL_BARRIERS 0
-#endif
-#ifndef MLA_FUSED_COMBINE  // split sequences combined by their last piece, no combine launch (experiment)
-#define MLA_FUSED_COMBINE 0
-#endif
-// What the benchmark driver builds on, as MLA_HAS_SEESAW: a source without
-// these kernels or this epilogue ignores the flags.
-#if MLA_SEESAW_PAIR
-#define MLA_HAS_SEESAW_PAIR 1
-#endif
-#if MLA_FUSED_COMBINE
-#define MLA_HAS_FUSED_COMBINE 1
-#endif
-
-#if MLA_FUSED_COMBINE
-// Present in a module whose decode kernels combine split sequences
-// themselves: launchers then skip mla_decode_combine.
-extern "C" {
-__device__ int mla_decode_fused_combine = 1;
-}
-#endif
 
 // The schedule kernel's constants, for launchers that predict its result
 // on the host (the Go engine skips the combine launch where no sequence
@@ -349,74 +321,19 @@ __device__ __forceinline__ void store_row(const float (&o)[32][4], int i, float 
   const int R = p.s_q * p.h_q;
   if (whole) {
     __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row) * kDV + 256 * h;
-#if MLA_EPILOGUE_QUAD
-    // The four threads of a row trade values so that each stores 8
-    // consecutive columns (16 bytes) at once: full sectors and a quarter
-    // of the store instructions.
-    const int qd = lane & 3;
-#pragma unroll
-    for (int g = 0; g < 8; ++g) {
-      uint32_t v[4], got[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = pack_bf16(o[4 * g + j][2 * i] * inv, o[4 * g + j][2 * i + 1] * inv);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        // Round r: lane qd gets lane (qd ^ r)'s pair of group 4 g + qd.
-        const int si = qd ^ r;
-        const uint32_t send = si == 0 ? v[0] : si == 1 ? v[1] : si == 2 ? v[2] : v[3];
-        // Only this row's quad, which is all a shuffle here needs (finish_rows
-        // leaves per warp for rows past R; a quad mask stays right if a caller
-        // ever skips per row).
-        const uint32_t x = r == 0 ? send : __shfl_xor_sync(0xfu << (lane & 28), send, r);
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (k == si) got[k] = x;
-      }
-      *reinterpret_cast<uint4*>(out + 8 * (4 * g + qd)) = make_uint4(got[0], got[1], got[2], got[3]);
-    }
-#else
 #pragma unroll
     for (int n = 0; n < 32; ++n)
       *reinterpret_cast<uint32_t*>(out + 8 * n + 2 * (lane & 3)) = pack_bf16(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-#endif
     if (h == 0 && (lane & 3) == 0) {
       const int sq = row / p.h_q, head = row % p.h_q;
       reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse;
     }
   } else {
     float* out = reinterpret_cast<float*>(p.partial_out) + (static_cast<size_t>(slot) * R + row) * kDV + 256 * h;
-#if MLA_EPILOGUE_QUAD
-    // Each store instruction covers 64 contiguous bytes of a row (two full
-    // sectors) instead of 32: per pair of groups (a, a + 1, 16 columns),
-    // lane qd stores columns 4 qd .. 4 qd + 3 of them, that is group
-    // a + qd / 2's pairs 2 (qd % 2) and 2 (qd % 2) + 1. It fetches them in
-    // two rounds whose sources are distinct lanes (a shuffle source offers
-    // one value): round 1 reads lane k = 2 (qd % 2) + qd / 2, which offers
-    // group a if k is even, a + 1 if odd; round 2 reads lane k ^ 1, which
-    // offers the other group.
-    const int qd = lane & 3;
-    const bool odd = qd & 1;
-    const int k = ((qd & 1) << 1) | (qd >> 1);
-    const unsigned quad = 0xfu << (lane & 28);  // only this row's quad, as in the bf16 path
-#pragma unroll
-    for (int a = 0; a < 32; a += 2) {
-      const float x0 = odd ? o[a + 1][2 * i] : o[a][2 * i], x1 = odd ? o[a + 1][2 * i + 1] : o[a][2 * i + 1];
-      const float y0 = odd ? o[a][2 * i] : o[a + 1][2 * i], y1 = odd ? o[a][2 * i + 1] : o[a + 1][2 * i + 1];
-      const float u0 = __shfl_sync(quad, x0, k, 4), u1 = __shfl_sync(quad, x1, k, 4);
-      const float v0 = __shfl_sync(quad, y0, k ^ 1, 4), v1 = __shfl_sync(quad, y1, k ^ 1, 4);
-      // Column order: the lower pair index first (k is even for qd < 2).
-      *reinterpret_cast<float4*>(out + 8 * a + 4 * qd) =
-          qd < 2 ? make_float4(u0 * inv, u1 * inv, v0 * inv, v1 * inv) : make_float4(v0 * inv, v1 * inv, u0 * inv, u1 * inv);
-    }
-#else
 #pragma unroll
     for (int n = 0; n < 32; ++n)
       *reinterpret_cast<float2*>(out + 8 * n + 2 * (lane & 3)) = make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-#endif
-    // With MLA_FUSED_COMBINE each half counts its own writes (finish_rows),
-    // so each writes the lse too (the same value: both halves' sums and
-    // maxima are the same numbers).
-    if ((MLA_FUSED_COMBINE || h == 0) && (lane & 3) == 0)
+    if (h == 0 && (lane & 3) == 0)
       reinterpret_cast<float*>(p.partial_lse)[static_cast<size_t>(slot) * R + row] = lse;
   }
 }
@@ -430,9 +347,6 @@ struct Schedule {
   __device__ const int* prefix() const { return ws + MLA_SCHED_HEADER; }
   __device__ const int* split_base() const { return ws + MLA_SCHED_HEADER + batch + 1; }
   __device__ const int* part_start() const { return ws + MLA_SCHED_HEADER + 2 * batch + 1; }
-#if MLA_FUSED_COMBINE
-  __device__ int* counters(int num_parts) const { return const_cast<int*>(part_start()) + num_parts; }
-#endif
 };
 
 __device__ __forceinline__ int warp_inclusive_scan(int v) {
@@ -458,105 +372,21 @@ __device__ __forceinline__ int sequence_at(const int* prefix, int B, int x) {
 
 // A piece's epilogue for one warp's rows (frag_row and frag_row + 8) of
 // warpgroup h's half of O, given each row's 1 / sum and lse: bf16 into out
-// when the sequence lies in one part, else an fp32 partial. With
-// MLA_FUSED_COMBINE the warp then counts its rows' partial as written, and
-// the warp whose count completes the sequence (for these rows and half)
-// combines every other piece's partial with its own, still in registers,
-// and writes out and lse: no combine launch, and the combining overlaps
-// other CTAs' decoding. o is clobbered.
-__device__ __forceinline__ void finish_rows(float (&o)[32][4], const float (&inv)[2], const float (&lse)[2],
+// when the sequence lies in one part, else an fp32 partial.
+__device__ __forceinline__ void finish_rows(const float (&o)[32][4], const float (&inv)[2], const float (&lse)[2],
                                             const Schedule& sched, int b, int part, int first, int nb, int per,
                                             int row0, int frag_row, int h, int lane, const MlaDecodeParams& p) {
   const int R = p.s_q * p.h_q;
   // A warp's 16 rows are all below R or all past it: R is a multiple of 16
-  // (h_q is 16, 32, 64 or 128, and s_q at most 2, so there are at most four
-  // query tiles, which the counters below rely on too).
+  // (h_q is 16, 32, 64 or 128, and s_q at most 2).
   if (row0 + (frag_row & ~15) >= R) return;
   const int split_first = first / per;
   const int split_last = (first + nb - 1) / per;
   const bool whole = split_first == split_last;
   const int slot0 = whole ? 0 : sched.split_base()[b];
   const int slot = slot0 + part - split_first;
-#if MLA_FUSED_COMBINE
-  const int n = split_last - split_first + 1;
-  unsigned* counter = reinterpret_cast<unsigned*>(sched.counters(p.num_parts)) +
-                      ((slot0 * 4 + row0 / kRows) * 2 + h) * 4 + (frag_row >> 4);
-  // A split sequence's first piece ends its part, so it usually finishes
-  // after the piece that starts the next part: when the other n - 1 have
-  // counted already, this one is last and its partial is never written.
-  int seen = 0;
-  if (!whole && lane == 0) asm volatile("ld.relaxed.gpu.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-  const bool known_last = !whole && __shfl_sync(0xffffffffu, seen, 0) == n - 1;
-#else
-  const bool known_last = false;
-#endif
-  if (!known_last) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) store_row(o, i, inv[i], lse[i], whole, b, slot, row0 + frag_row + 8 * i, h, lane, p);
-  }
-#if MLA_FUSED_COMBINE
-  if (whole) return;
-  if (known_last) {
-    if (lane == 0) atomicInc(counter, n - 1);  // returns n - 1 and wraps to 0
-  } else {
-    // The last-block pattern: every lane's writes are visible GPU-wide
-    // before lane 0 counts them; the counting lane that sees n - 1
-    // earlier counts reads the others' writes after a fence of its own.
-    // Every lane fences (membar.gl, a fence.sc): a fence in lane 0 alone,
-    // or an acq_rel one, would not order the other lanes' stores before
-    // the count.
-    __threadfence();
-    __syncwarp();
-    int last = 0;
-    // atomicInc wraps to 0 at the n-th arrival: the counter is ready for
-    // the next launch in the same atomic.
-    if (lane == 0) last = atomicInc(counter, n - 1) == static_cast<unsigned>(n - 1);
-    if (!__shfl_sync(0xffffffffu, last, 0)) return;
-  }
-  // Observed every other count (by the atomic, or by the relaxed load):
-  // this fence orders the reads below after the writes those counts cover.
-  __threadfence();
-  __syncwarp();
-  const float* plse = reinterpret_cast<const float*>(p.partial_lse);
-  const float* pout = reinterpret_cast<const float*>(p.partial_out);
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int row = row0 + frag_row + 8 * i;
-    float m = lse[i];
-    for (int j = 0; j < n; ++j)
-      if (slot0 + j != slot) m = fmaxf(m, __ldcg(plse + static_cast<size_t>(slot0 + j) * R + row));
-    // No key in any piece (a causal row before the sequence): as a whole
-    // piece with no key, zeros and -inf.
-    const float w_self = m == -INFINITY ? 0.f : expf(lse[i] - m);
-    float wsum = w_self;
-    const float a = w_self * inv[i];
-#pragma unroll
-    for (int c = 0; c < 32; ++c) {
-      o[c][2 * i] *= a;
-      o[c][2 * i + 1] *= a;
-    }
-    for (int j = 0; j < n; ++j) {
-      if (slot0 + j == slot || m == -INFINITY) continue;
-      const float wj = expf(__ldcg(plse + static_cast<size_t>(slot0 + j) * R + row) - m);  // 0 for an empty split
-      wsum += wj;
-      const float* src = pout + (static_cast<size_t>(slot0 + j) * R + row) * kDV + 256 * h + 2 * (lane & 3);
-      // Eight loads in flight at a time: o already holds 128 registers.
-#pragma unroll
-      for (int c0 = 0; c0 < 32; c0 += 8) {
-        float2 v[8];
-#pragma unroll
-        for (int c = 0; c < 8; ++c) v[c] = __ldcg(reinterpret_cast<const float2*>(src + 8 * (c0 + c)));
-#pragma unroll
-        for (int c = 0; c < 8; ++c) {
-          o[c0 + c][2 * i] = fmaf(wj, v[c].x, o[c0 + c][2 * i]);
-          o[c0 + c][2 * i + 1] = fmaf(wj, v[c].y, o[c0 + c][2 * i + 1]);
-        }
-      }
-    }
-    const bool any = wsum > 0.f;
-    store_row(o, i, any ? 1.f / wsum : 0.f, any ? m + logf(wsum) : -INFINITY, true, b, 0, row, h, lane, p);
-  }
-#endif
+  for (int i = 0; i < 2; ++i) store_row(o, i, inv[i], lse[i], whole, b, slot, row0 + frag_row + 8 * i, h, lane, p);
 }
 
 }  // namespace
@@ -589,9 +419,9 @@ extern "C" __global__ void __launch_bounds__(32) mla_decode_schedule(MlaDecodePa
   __syncwarp();
 #if MLA_SCHED_UNSPLIT_SLACK > 0
   // A split costs a piece that no charge counts (the part that continues
-  // the sequence) and a combine. Where parts up to MLA_SCHED_UNSPLIT_SLACK
-  // units larger can all begin at a sequence's start (inside its charge),
-  // take the smallest such size: no sequence is split. 128 sequences of
+  // the sequence) and a combine. Where some part size from per to
+  // per + MLA_SCHED_UNSPLIT_SLACK - 1 lets every part begin at a sequence's
+  // start (inside its charge), take the smallest: no sequence is split. 128 sequences of
   // 1,024 tokens over 66 parts: 36 units a part instead of 35, 32 blocks
   // and 2 pieces at most instead of 32 and 3, and 56 fewer combines.
   // Varied lengths rarely allow it, and keep the balanced size.
@@ -631,10 +461,6 @@ extern "C" __global__ void __launch_bounds__(32) mla_decode_schedule(MlaDecodePa
     ws[0] = per;
     ws[1] = carry;
   }
-#if MLA_FUSED_COMBINE
-  int* counters = part_start + P;
-  for (int i = lane; i < MLA_COMBINE_COUNTERS(P); i += 32) counters[i] = 0;
-#endif
 }
 
 namespace {
@@ -868,6 +694,8 @@ struct Int {
 enum PairBarrier : int { kScale0Ready = 1, kP0Ready = 2, kP1Ready = 3 };
 __device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+// Warpgroup w alone (its 128 threads) on barrier 4 + w.
+__device__ __forceinline__ void warpgroup_sync(int w) { asm volatile("bar.sync %0, 128;\n" ::"r"(4 + w) : "memory"); }
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -963,43 +791,12 @@ __device__ __forceinline__ int block_page(const PartCursor& c, int j, const MlaD
 // so no other thread spends issue slots on copies, and TMA writes through
 // the async proxy as wgmma reads (no proxy fence). Rows past the sequence's
 // end hold whatever the page holds: zero_tail clears them before P V.
-// kPair: the same box into both CTAs of a pair, at the same offsets, each
-// signalling its own barrier at bar's offset.
-template <bool kPair>
 __device__ __forceinline__ void tma_box(uint32_t dst, uint64_t map, int col, int row, uint32_t bar) {
-  if constexpr (kPair) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-        "l"(map), "r"(col), "r"(row), "r"(bar), "h"(static_cast<uint16_t>(0x3))
-        : "memory");
-  } else {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-        "l"(map), "r"(col), "r"(row), "r"(bar)
-        : "memory");
-  }
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(map), "r"(col), "r"(row), "r"(bar)
+      : "memory");
 }
-// One arrival on the mbarrier at offset bar of CTA rank cta of the cluster.
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t bar, uint32_t cta) {
-  asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-               "r"(cta)
-               : "memory");
-}
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-
-// With kPanelBarriers each box completes on its own panel's barrier
-// (panel_bar0 + 8 panel, the stage's nine), so QK^T can start on the first
-// panel that lands (FlashMLA waits per panel); otherwise the whole share
-// completes on full_bar.
-constexpr bool kPanelBarriers = MLA_PANEL_BARRIERS;
 
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
@@ -1011,42 +808,17 @@ __device__ __forceinline__ int share_panels(int s, int w) { return s != w ? 5 : 
 __device__ __forceinline__ int share_panel(int w, int i) { return i < 4 ? 4 * w + i : 8; }
 
 // Called by warpgroup w right after its last read of share (s, w) of a
-// stage. In a CTA pair (kPair: the two query tiles of one part, a cluster
-// of two reading the same blocks), rank 0 issues the boxes into both CTAs
-// once rank 1 released the share too (rank 1's arrival on rank 0's
-// empty_bar), so L2 sends each block once per pair; each CTA's barriers
-// expect the share's bytes (the peer's copy may land before the expect:
-// the barrier's own pending arrival holds its phase open). empty_phase
-// holds the parity of each share's empty barrier (bit 2 s + w).
-template <bool kPair>
+// stage; full_bar, the share's barrier, counts the bytes.
 __device__ __forceinline__ void copy_share(uint32_t stage, int s, int w, int page, const MlaDecodeParams& p, int t,
-                                           uint32_t full_bar, uint32_t panel_bar0, uint32_t empty_bar, uint32_t rank,
-                                           uint32_t& empty_phase) {
-  if (t == 0) {
-    const int panels = share_panels(s, w);
-    auto box_bar = [&](int panel) { return kPanelBarriers ? panel_bar0 + 8 * panel : full_bar; };
-    if constexpr (kPanelBarriers) {
-#pragma unroll
-      for (int i = 0; i < 5; ++i)
-        if (i < panels) mbar_expect_tx(box_bar(share_panel(w, i)), kPanelBytes);
-    } else {
-      mbar_expect_tx(full_bar, panels * kPanelBytes);
-    }
-    if constexpr (kPair) {
-      if (rank != 0) {
-        mbar_arrive_remote(empty_bar, 0);
-        return;
-      }
-      const uint32_t bit = 1u << (2 * s + w);
-      mbar_wait(empty_bar, (empty_phase & bit) ? 1 : 0);
-      empty_phase ^= bit;
-    }
-    const int row = p.kv_row0 + page * kBlock;
-#pragma unroll
-    for (int i = 0; i < 5; ++i) {
-      const int panel = share_panel(w, i);  // its columns of a cache row start at 64 panel
-      if (i < panels) tma_box<kPair>(stage + panel * kPanelBytes, p.kv_map, 64 * panel, row, box_bar(panel));
-    }
+                                           uint32_t full_bar) {
+  // One warp instruction issues the share: lane i its i-th box. A box
+  // may land before lane 0's expect: the barrier's pending arrival
+  // keeps the phase open, and its byte count may go below zero.
+  const int panels = share_panels(s, w);
+  if (t == 0) mbar_expect_tx(full_bar, panels * kPanelBytes);
+  if (t < panels) {
+    const int panel = share_panel(w, t);
+    tma_box(stage + panel * kPanelBytes, p.kv_map, 64 * panel, p.kv_row0 + page * kBlock, full_bar);
   }
 }
 
@@ -1063,6 +835,77 @@ __device__ __forceinline__ void zero_tail(uint32_t stage, int w, int valid_rows,
                    : "memory");
   }
   fence_proxy_async();
+}
+
+// The bulk epilogue. Storing O from the accumulator
+// layout straight to global memory took ~12,000 cycles a piece at s_k =
+// 1024 (all CTAs end their pieces together; 16-byte stores took as long),
+// ~15% of the call. Instead each warpgroup writes its half of O, in bf16,
+// to shared memory it has finished reading, and the bulk copy engine
+// writes each row's 512 bytes out (one cp.async.bulk per row: a query
+// tile's rows are consecutive in out, but a warpgroup's half of each is
+// not, and each warp sends its own rows as soon as they are written).
+// Rows are 528 bytes apart in shared memory, so the 8 rows of a store
+// instruction start 16 bytes apart in the banks: conflict-free 4-byte
+// stores. Rows 0-61 of warpgroup 0 go to V1_L (stage 1, panels 0-3), of
+// warpgroup 1 to V0_R (stage 0, panels 4-7): the last V panels each
+// warpgroup reads in a piece, its own, whose refills for the next piece
+// wait until the copies have read them. Rows 62 and 63 go to a spare area
+// of 2 KiB per warpgroup beside the row statistics (not to a RoPE panel,
+// which the other warpgroup writes P into: compute-sanitizer's racecheck
+// cannot see the order that the refill's barrier gives such writes).
+constexpr int kBulkRowStride = 528;
+constexpr int kBulkSpareOffset = 2048;  // from the end of the three tiles; 4 KiB
+static_assert(kBulkRowStride % 16 == 0 && kBulkRowStride / 16 % 8 == 1, "rows 16 bytes apart in the banks");
+static_assert(62 * kBulkRowStride <= 4 * kPanelBytes, "rows 0-61 fit in four panels");
+static_assert(kBulkSpareOffset + 2048 + 96 + 2 * kBulkRowStride <= MLA_SMEM_BYTES - 1024 - 3 * kTileBytes, "spare fits");
+// spare: the spare area's start, 128-byte aligned.
+__device__ __forceinline__ uint32_t bulk_row_addr(uint32_t stage0, uint32_t stage1, uint32_t spare, int w, int row) {
+  // Rows 62 and 63 keep the bank offset (row * 528) % 128 = 16 (row % 8).
+  if (row >= 62) return spare + 2048 * w + 96 + (row - 62) * kBulkRowStride;
+  return (w == 0 ? stage1 : stage0 + 4 * kPanelBytes) + row * kBulkRowStride;
+}
+__device__ __forceinline__ void bulk_store(void* dst, uint32_t src, int bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+
+// Warpgroup h's half of O for an unsplit piece: one warp's rows
+// (frag_row, frag_row + 8) times inv into shared memory, then the warp's
+// 16 rows out by bulk copies, and the lse by warpgroup 0. Returns once the
+// copies have read shared memory; the caller's warpgroup barrier then
+// frees the panels for refills. Every thread of the warpgroup calls it.
+__device__ __forceinline__ void bulk_epilogue(const float (&o)[32][4], const float (&inv)[2], const float (&lse)[2],
+                                              uint32_t stage0, uint32_t stage1, uint32_t spare, int b, int row0,
+                                              int frag_row, int h, int lane, const MlaDecodeParams& p) {
+  const int R = p.s_q * p.h_q;
+  // Other warps of the warpgroup zeroed rows of these panels (zero_tail)
+  // before the last P V; the product's wait orders that only per warp.
+  warpgroup_sync(h);
+  if (row0 + (frag_row & ~15) >= R) return;  // a warp's 16 rows: all in the tile or all past R
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const uint32_t dst = bulk_row_addr(stage0, stage1, spare, h, frag_row + 8 * i) + 4 * (lane & 3);
+#pragma unroll
+    for (int n = 0; n < 32; ++n)
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dst + 16 * n), "r"(pack_bf16(o[n][2 * i] * inv[i], o[n][2 * i + 1] * inv[i]))
+                   : "memory");
+    if (h == 0 && (lane & 3) == 0) {
+      const int row = row0 + frag_row + 8 * i, sq = row / p.h_q, head = row % p.h_q;
+      reinterpret_cast<float*>(p.lse)[(static_cast<size_t>(b) * p.h_q + head) * p.s_q + sq] = lse[i];
+    }
+  }
+  fence_proxy_async();  // the rows, for the copies (async proxy)
+  __syncwarp();
+  if (lane < 16) {
+    const int row = (frag_row & ~15) + lane;
+    __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(p.out) + (static_cast<size_t>(b) * R + row0 + row) * kDV + 256 * h;
+    bulk_store(out, bulk_row_addr(stage0, stage1, spare, h, row), 256 * 2);
+    bulk_commit();
+    bulk_wait_read();
+  }
+  __syncwarp();
 }
 
 // Warpgroup 1 loads the Q tile (t = 0..127); rows past the tile's end are
@@ -1083,34 +926,16 @@ __device__ __forceinline__ void qk_panel(float (&sc)[32], uint32_t q_tile, uint3
   }
 }
 
-// What QK^T waits for before a panel's products: with kPanelBarriers and
-// enabled, the panel's barrier (bar0 + 8 panel) at parity; otherwise
-// nothing, as the caller waited for the whole share.
-struct PanelWait {
-  uint32_t bar0;
-  int parity;
-  bool enabled;
-  __device__ __forceinline__ void operator()(int panel) const {
-    if (kPanelBarriers && enabled) mbar_wait(bar0 + 8 * panel, parity);
-  }
-};
-
 // S (+)= Q K^T over the panels of share w of stage s (see copy_share):
-// 4w .. 4w + 3, and the RoPE panel when s != w.
+// 4w .. 4w + 3, and the RoPE panel when s != w. The caller waited for the
+// share.
 template <int kStage, int kShare, bool kFirst>
-__device__ __forceinline__ void qk_share(float (&sc)[32], uint32_t q_tile, uint32_t stage, const PanelWait& wait) {
-  wait(4 * kShare);
+__device__ __forceinline__ void qk_share(float (&sc)[32], uint32_t q_tile, uint32_t stage) {
   qk_panel<4 * kShare, kFirst>(sc, q_tile, stage);
-  wait(4 * kShare + 1);
   qk_panel<4 * kShare + 1>(sc, q_tile, stage);
-  wait(4 * kShare + 2);
   qk_panel<4 * kShare + 2>(sc, q_tile, stage);
-  wait(4 * kShare + 3);
   qk_panel<4 * kShare + 3>(sc, q_tile, stage);
-  if constexpr (kStage != kShare) {
-    wait(8);
-    qk_panel<8>(sc, q_tile, stage);
-  }
+  if constexpr (kStage != kShare) qk_panel<8>(sc, q_tile, stage);
 }
 
 // Warpgroup w: O[0..63, 256 w ..] += P V with P in the stage's RoPE panel.
@@ -1244,7 +1069,6 @@ __device__ unsigned long long g_mla_trace[2][12];
 #define PHASE(i)
 #endif
 
-template <bool kPair>
 __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -1264,34 +1088,18 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   auto full_bar = [&](int s, int w) { return bars + 16 * s + 8 * w; };
   const uint32_t q_bar = bars + 32;
   const uint32_t scale1_bar = bars + 40;
-  // empty[s][w] (CTA pairs, rank 0): rank 1 released share (s, w).
-  auto empty_bar = [&](int s, int w) { return bars + 48 + 16 * s + 8 * w; };
-  // panel[s][i] (kPanelBarriers): panel i of stage s landed.
-  auto panel_bar0 = [&](int s) { return bars + 80 + 72 * s; };
   // Waits until share (s, w) of stage s landed.
-  auto wait_share = [&](int s, int w, int parity) {
-    if constexpr (kPanelBarriers) {
-      for (int i = 0; i < share_panels(s, w); ++i) mbar_wait(panel_bar0(s) + 8 * share_panel(w, i), parity);
-    } else {
-      mbar_wait(full_bar(s, w), parity);
-    }
-  };
-  // QK^T of the next pair waits per panel (kPanelBarriers), not per share.
-  auto panels_of = [&](int s, int parity) { return PanelWait{panel_bar0(s), parity, true}; };
-  const PanelWait share_waited{0, 0, false};
-  const uint32_t rank = kPair ? cluster_rank() : 0;
-  uint32_t empty_phase = 0;
+  auto wait_share = [&](int s, int w, int parity) { mbar_wait(full_bar(s, w), parity); };
 
   const Schedule sched{reinterpret_cast<const int*>(p.sched), p.batch};
   const int per = sched.per_part();
   // The query tiles of one part are consecutive CTAs, so they start
   // together on neighbouring SMs and the second one's reads of each block
   // hit in L2 (FlashMLA orders its grid the same way).
-  // A CTA pair is the cluster (x, 2j), (x, 2j + 1): both in part x.
   const int cta = blockIdx.x + gridDim.x * blockIdx.y;
-  const int part = kPair ? blockIdx.x : cta / gridDim.y;
+  const int part = cta / gridDim.y;
   const PartView view{sched.prefix(), reinterpret_cast<const int*>(p.seq_lens), p.batch, part * per, part * per + per - 1};
-  const int row0 = (kPair ? blockIdx.y : cta % gridDim.y) * kRows;
+  const int row0 = cta % gridDim.y * kRows;
   const int R = p.s_q * p.h_q;
   const int w = threadIdx.x >> 7;  // warpgroup
   const int t = threadIdx.x & 127;
@@ -1307,22 +1115,11 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       for (int v = 0; v < 2; ++v) mbar_init(full_bar(s, v), 1);
     mbar_init(q_bar, 128);
     mbar_init(scale1_bar, 128);
-    if (kPair)
-      for (int s = 0; s < 2; ++s)
-        for (int v = 0; v < 2; ++v) mbar_init(empty_bar(s, v), 1);
-    if (kPanelBarriers)
-      for (int i = 0; i < 18; ++i) mbar_init(panel_bar0(0) + 8 * i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if constexpr (kPair) {
-    cluster_sync();  // the peer's barriers exist before anything reaches them
-  } else {
-    __syncthreads();
-  }
+  __syncthreads();
   // Warpgroup w's share of stage s, right after its last read of it.
-  auto copy = [&](uint32_t stage, int s, int page) {
-    copy_share<kPair>(stage, s, w, page, p, t, full_bar(s, w), panel_bar0(s), empty_bar(s, w), rank, empty_phase);
-  };
+  auto copy = [&](uint32_t stage, int s, int page) { copy_share(stage, s, w, page, p, t, full_bar(s, w)); };
 
   PartCursor cur;
   view.seek(cur, sched.part_start()[part]);
@@ -1343,6 +1140,12 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     const int sum_slot = (piece & 1) * 2 * kRows;
     PartCursor nxt;
     view.seek(nxt, b + 1);
+    // Whether the sequence lies in this part alone (else this piece leaves
+    // a partial), and whether its O then leaves by bulk copies, which
+    // defers each warpgroup's last refill of the piece to the epilogue.
+    const int first = sched.prefix()[b] + kOverhead, nb = cdiv(len, kBlock);
+    const bool whole = first / per == (first + nb - 1) / per;
+    const bool bulk_out = whole;
     int limit[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -1359,26 +1162,26 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     if (w == 0) {
       wait_share(0, 0, phase[0]);
       wgmma_fence();
-      qk_share<0, 0, true>(sc, q_tile, stage0, share_waited);
+      qk_share<0, 0, true>(sc, q_tile, stage0);
       wgmma_commit();
       wait_share(0, 1, phase[0]);
       wgmma_fence();
-      qk_share<0, 1, false>(sc, q_tile, stage0, share_waited);
+      qk_share<0, 1, false>(sc, q_tile, stage0);
       wgmma_commit();
     } else {
       // A one-block piece has no block 1: the product then runs on the Q
       // tile (never on a stage the next piece's copies may be filling)
       // and its softmax discards it, since a wgmma under a runtime branch
       // would serialize them all.
-      uint32_t kv = q_tile;
-      if (n > 1) {
-        wait_share(1, 1, phase[1]);
-        wait_share(1, 0, phase[1]);
-        kv = stage1;
-      }
+      // As wg0, it starts on the share refilled first (its own).
+      const uint32_t kv = n > 1 ? stage1 : q_tile;
+      if (n > 1) wait_share(1, 1, phase[1]);
       wgmma_fence();
-      qk_share<1, 1, true>(sc, q_tile, kv, share_waited);
-      qk_share<1, 0, false>(sc, q_tile, kv, share_waited);
+      qk_share<1, 1, true>(sc, q_tile, kv);
+      wgmma_commit();
+      if (n > 1) wait_share(1, 0, phase[1]);
+      wgmma_fence();
+      qk_share<1, 0, false>(sc, q_tile, kv);
       wgmma_commit();
     }
     wgmma_wait<0>();
@@ -1419,20 +1222,19 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       float m_old[2], m_new[2], alpha[2];
       TRACE_START();
       // The next pair's QK^T over share kShare of stage kStage, once it
-      // landed (per panel with kPanelBarriers).
+      // landed.
       auto issue_qk = [&](auto stage_c, auto share_c, auto first_c, uint32_t stage, int parity) {
         constexpr int kStage = decltype(stage_c)::value, kShare = decltype(share_c)::value;
-        if (!kPanelBarriers) wait_share(kStage, kShare, parity);
+        wait_share(kStage, kShare, parity);
         PHASE(4);
         wgmma_fence();
-        qk_share<kStage, kShare, decltype(first_c)::value>(sc, q_tile, stage, panels_of(kStage, parity));
+        qk_share<kStage, kShare, decltype(first_c)::value>(sc, q_tile, stage);
         wgmma_commit();
       };
       if (w == 0) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) m_old[i] = i0 == 0 ? -INFINITY : s_max[frag_row + 8 * i];
         softmax_block(sc, true, key0, limit, p.scale_log2, m_old, m_new, alpha, l);
-        rescale(o, alpha);
         __syncwarp();
         if ((lane & 3) == 0)
 #pragma unroll
@@ -1441,6 +1243,22 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
             s_scale0[frag_row + 8 * i] = alpha[i];
           }
         bar_arrive(kScale0Ready);
+        // P0 in m0's units, for wg1 to apply to V0_R while it runs its
+        // softmax, so that stage 0's second share is free mid-pair; in
+        // the piece's last pair also this warpgroup's row sums, in m0's
+        // units (wg1 takes them to m1's).
+        const float one[2] = {1.f, 1.f};
+        store_p(sc, one, stage0, frag_row, lane);
+        if constexpr (!kQk0) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const float sum = quad_sum(l[i]);
+            if ((lane & 3) == 0) s_sum[sum_slot + frag_row + 8 * i] = sum;
+          }
+        }
+        fence_proxy_async();
+        bar_arrive(kP0Ready);
+        rescale(o, alpha);
         pack_p(sc, pb);
         PHASE(1);
         zero_tail(stage0, 0, valid0, t);
@@ -1467,17 +1285,13 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
             const int r = frag_row + 8 * i;
             m_fin[i] = s_max[r];
             l_tot[i] = quad_sum(l[i]);
-            if ((lane & 3) == 0) s_sum[sum_slot + r] = l_tot[i];
             l_tot[i] += s_sum[sum_slot + kRows + r];
           }
         }
-        store_p(sc, s1, stage0, frag_row, lane);  // P0 in m1's units, for wg1
-        fence_proxy_async();
-        bar_arrive(kP0Ready);  // P0 and, in the last pair, this warpgroup's row sums
+        rescale(o, s1);
         PHASE(1);
         bar_sync(kP1Ready);
         PHASE(0);
-        rescale(o, s1);
         if constexpr (kHas1) {
           wait_share(1, 0, phase[1]);  // V1_L: this warpgroup's own copies
           zero_tail(stage1, 0, valid1, t);
@@ -1496,7 +1310,7 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
           }
         }
         PHASE(2);
-        if (fill1) copy(stage1, 1, page1);
+        if (fill1 && (kQk0 || !bulk_out)) copy(stage1, 1, page1);  // else after the bulk epilogue
         PHASE(3);
         if constexpr (kQk0) {
           issue_qk(Int<0>{}, Int<1>{}, Flag<false>{}, stage0, phase[0] ^ 1);
@@ -1515,11 +1329,14 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
           s0[i] = s_scale0[frag_row + 8 * i];
           l[i] *= s0[i];
         }
+        // O_R to m0's units, then O_R += P0 V0_R under this softmax.
+        rescale(o, s0);
+        bar_sync(kP0Ready);
+        PHASE(0);
+        wait_share(0, 1, phase[0]);  // V0_R: this warpgroup's own copies
+        zero_tail(stage0, 1, valid0, t);
+        pv_shared(o, stage0, 1);
         softmax_block(sc, kHas1, key0 + kBlock, limit, p.scale_log2, m_old, m_new, alpha, l);
-        float scale_o[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) scale_o[i] = alpha[i] * s0[i];
-        rescale(o, scale_o);
         if constexpr (!kQk0) {
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
@@ -1547,31 +1364,26 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
           const float one[2] = {1.f, 1.f};
           store_p(sc, one, stage1, frag_row, lane);  // P1 for wg0
           fence_proxy_async();
+        }
+        bar_arrive(kP1Ready);
+        if constexpr (!kQk0) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) l_tot[i] += s_sum[sum_slot + frag_row + 8 * i] * alpha[i];  // wg0's, to m1
+        }
+        wgmma_wait<0>();  // P0 V0_R done: stage 0's V_R and P0 are free
+        PHASE(2);
+        if (fill0 && (kQk0 || !bulk_out)) copy(stage0, 0, page0);  // else after the bulk epilogue
+        PHASE(3);
+        rescale(o, alpha);
+        if constexpr (kHas1) {
           pack_p(sc, pb);
           zero_tail(stage1, 1, valid1, t);
           pv_registers(o, pb, stage1, 1);  // O_R += P1 V1_R
-        }
-        PHASE(2);
-        bar_sync(kP0Ready);
-        PHASE(0);
-        if constexpr (!kQk0) {
-#pragma unroll
-          for (int i = 0; i < 2; ++i) l_tot[i] += s_sum[sum_slot + frag_row + 8 * i];
-        }
-        wait_share(0, 1, phase[0]);  // V0_R: this warpgroup's own copies
-        zero_tail(stage0, 1, valid0, t);
-        pv_shared(o, stage0, 1);  // O_R += P0 V0_R
-        bar_arrive(kP1Ready);
-        if constexpr (kHas1) {
-          wgmma_wait<1>();  // P1 V1_R done: stage 1's V_R is free
+          wgmma_wait<0>();
           keep_alive(pb);
         }
         PHASE(2);
         if (fill1) copy(stage1, 1, page1);
-        PHASE(3);
-        wgmma_wait<0>();  // P0 V0_R done: stage 0's V_R and P0 are free
-        PHASE(2);
-        if (fill0) copy(stage0, 0, page0);
         PHASE(3);
         if constexpr (kQk1) {
           issue_qk(Int<1>{}, Int<1>{}, Flag<true>{}, stage1, phase[1] ^ 1);
@@ -1608,8 +1420,17 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       inv[i] = lt > 0.f ? 1.f / lt : 0.f;
       lse[i] = lt > 0.f ? m_fin[i] * 0.6931471805599453f + logf(lt) : -INFINITY;
     }
-    finish_rows(o, inv, lse, sched, b, part, sched.prefix()[b] + kOverhead, cdiv(len, kBlock), per, row0, frag_row, w,
-                lane, p);
+    if (bulk_out) {
+      bulk_epilogue(o, inv, lse, stage0, stage1, q_tile + 3 * kTileBytes + kBulkSpareOffset, b, row0, frag_row, w, lane,
+                    p);
+      // The copies have read this warpgroup's panels: its refill of them
+      // for the next piece, deferred from the last pair.
+      warpgroup_sync(w);
+      if (w == 0 && nxt.b < p.batch && nxt.blocks() > 1) copy(stage1, 1, block_page(nxt, 1, p));
+      if (w == 1 && nxt.b < p.batch) copy(stage0, 0, block_page(nxt, 0, p));
+    } else {
+      finish_rows(o, inv, lse, sched, b, part, first, nb, per, row0, frag_row, w, lane, p);
+    }
     PHASE(11);
     cur = nxt;
     ++piece;
@@ -1620,10 +1441,6 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
 #ifdef MLA_TRACE
   if (t == 0) atomicAdd(&g_mla_trace[w][9], static_cast<unsigned long long>(clock64() - t_begin));
 #endif
-  // Every copy into the peer and every arrival on its barriers is waited
-  // for inside the loop; this keeps either CTA from leaving while the
-  // other may still address its shared memory.
-  if constexpr (kPair) cluster_sync();
 }
 }  // namespace
 
@@ -1641,24 +1458,11 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_wgmma(Ml
 
 extern "C" __global__ void __launch_bounds__(MLA_THREADS, 1) mla_decode_seesaw(MlaDecodeParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  decode_part_seesaw<false>(p);
+  decode_part_seesaw(p);
 #else
   __trap();  // needs sm_90a
 #endif
 }
-
-#if MLA_SEESAW_PAIR
-// The seesaw kernel for an even number of query tiles: tiles 2j and 2j + 1
-// of a part run as a cluster of two and share each block's copies.
-extern "C" __global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(MLA_THREADS, 1)
-    mla_decode_seesaw_pair(MlaDecodeParams p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  decode_part_seesaw<true>(p);
-#else
-  __trap();  // needs sm_90a
-#endif
-}
-#endif
 
 // grid (batch, cdiv(s_q h_q, 8)), 256 threads: one warp per query row.
 extern "C" __global__ void __launch_bounds__(256) mla_decode_combine(MlaDecodeParams p) {

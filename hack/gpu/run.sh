@@ -13,7 +13,7 @@
 # if unset) for the kernels $AB_KERNELS (default seesaw). $AB lists the
 # builds as label=flags, flags comma-separated nvcc options, and @dir first
 # to build the kernel source in dir instead of the working tree's:
-#   AB="head=@.gpu-bin/head new= quad=-DMLA_EPILOGUE_QUAD=1" hack/gpu/run.sh ab
+#   AB="head=@.gpu-bin/head new= slack4=-DMLA_SCHED_UNSPLIT_SLACK=4" hack/gpu/run.sh ab
 # A label ending in "trace" is built with -DMLA_TRACE and prints the
 # seesaw kernel's phases on each shape of $AB_TRACE ("b:h_q:s_k ...").
 # Every other build first runs the float64 check (AB_CHECK=0 skips it); a
@@ -30,7 +30,7 @@
 # any. Without a winner the run stops there. PROMOTE=label promotes that
 # label of $AB without timings. One call can then go from experiments to a
 # module ready to commit:
-#   AB="head=@.gpu-bin/head new= fq=-DMLA_FUSED_COMBINE=1,-DMLA_EPILOGUE_QUAD=1" \
+#   AB="head=@.gpu-bin/head new= c4s4=-DMLA_SEQ_OVERHEAD_BLOCKS=4,-DMLA_SCHED_UNSPLIT_SLACK=4" \
 #     hack/gpu/run.sh ab promote build check gotest sanitize
 #
 # The Go test binary is built beforehand on a machine with Go and the CUDA

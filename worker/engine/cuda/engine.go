@@ -67,19 +67,14 @@ type Engine struct {
 	fn      functions
 	scratch scratch
 	// sched says which schedule the workspace in scratch holds; decode and
-	// combine only read it (a decode kernel that combines split sequences
-	// itself leaves the workspace's arrival counters at zero, as the
-	// schedule kernel wrote them), so calls with the same lengths (a
-	// step's layers) reuse it.
+	// combine only read it, so calls with the same lengths (a step's
+	// layers) reuse it.
 	sched  scheduleKey
 	closed bool
 }
 
 type functions struct {
 	schedule, combine, scatter, gather cu.Function
-	// fusedCombine: the module's decode kernels combine split sequences
-	// themselves (built with MLA_FUSED_COMBINE), so combine is not launched.
-	fusedCombine bool
 	// schedConsts are the schedule kernel's constants, from the module;
 	// nil for a module that does not report them, whose schedules are then
 	// not predicted (combine always runs).
@@ -195,12 +190,6 @@ func (e *Engine) load(image []byte) error {
 		}
 	}
 	isNotFound := func(err error) bool { return errors.Is(err, cu.NotFound) }
-	switch _, _, err := e.mod.Global("mla_decode_fused_combine"); {
-	case err == nil:
-		e.fn.fusedCombine = true
-	case !isNotFound(err):
-		return fmt.Errorf("cuda engine: looking up mla_decode_fused_combine: %w", err)
-	}
 	if e.fn.schedConsts, err = e.loadScheduleConstants(isNotFound); err != nil {
 		return err
 	}
@@ -370,9 +359,6 @@ func (e *Engine) Close() error {
 // needsCombine says whether a schedule of these lengths over parts parts
 // leaves partials for the combine kernel.
 func (e *Engine) needsCombine(lens []int32, parts int) bool {
-	if e.fn.fusedCombine {
-		return false
-	}
 	if e.fn.schedConsts == nil {
 		return true // a module that does not say how it schedules
 	}

@@ -41,9 +41,10 @@ const seesawMinMeanLen = 1024
 // auto: wgmma for one tile, where its lockstep warpgroups are at 0.83-1.03
 // of FlashMLA; seesaw for several tiles (h_q = 128, or s_q = 2 with
 // h_q = 64) unless the sequences are short or the module lacks it. The
-// engine does not run mla_decode_seesaw_pair (CTA pairs sharing copies, in
-// a module built with MLA_SEESAW_PAIR): it ran 0.80-0.95x as fast as seesaw
-// on every shape measured (H100, 2026-12-05, docs/kernel-notes.md v11).
+// engine does not run mla_decode_seesaw_pair (CTA pairs sharing copies, an
+// experiment of v11 that modules no longer carry): it ran 0.80-0.95x as
+// fast as seesaw on every shape measured (H100, 2026-12-05,
+// docs/kernel-notes.md v11).
 func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name string) bool) string {
 	if kernel == KernelAuto {
 		kernel = KernelWGMMA
