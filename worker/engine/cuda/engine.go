@@ -93,7 +93,6 @@ type scheduleKey struct {
 	parts      int
 	lens       []int32
 	// combine: the combine kernel runs after decode. False where the
-	// decode kernels combine split sequences themselves, and where the
 	// host's prediction of the schedule (splitSlots) finds every sequence
 	// in one part: the launch would find nothing to do, and costs ~5 us a
 	// call (H100, docs/kernel-notes.md, v12).

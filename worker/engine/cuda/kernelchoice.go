@@ -40,11 +40,9 @@ const seesawMinMeanLen = 1024
 // length runs under kernel; loaded says whether the engine has a function.
 // auto: wgmma for one tile, where its lockstep warpgroups are at 0.83-1.03
 // of FlashMLA; seesaw for several tiles (h_q = 128, or s_q = 2 with
-// h_q = 64) unless the sequences are short or the module lacks it. The
-// engine does not run mla_decode_seesaw_pair (CTA pairs sharing copies, an
-// experiment of v11 that modules no longer carry): it ran 0.80-0.95x as
-// fast as seesaw on every shape measured (H100, 2026-12-05,
-// docs/kernel-notes.md v11).
+// h_q = 64) unless the sequences are short or the module lacks it. Other
+// functions a module may carry (v11's mla_decode_seesaw_pair, which lost
+// on every shape) are never chosen.
 func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name string) bool) string {
 	if kernel == KernelAuto {
 		kernel = KernelWGMMA
