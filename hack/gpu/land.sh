@@ -46,9 +46,6 @@ mkdir "$tmp/kept"
 cp kernels/mla_decode.cubin kernels/mla_decode.resources.txt kernels/SOURCES.sha256 "$tmp/kept/"
 if [[ -d $src/promoted ]]; then
 	for f in "$src"/promoted/*; do cp "kernels/$(basename "$f")" "$tmp/kept/"; done
-fi
-
-if [[ -d $src/promoted ]]; then
 	cp "$src"/promoted/* kernels/
 	echo "land: kernel source from the run's promote stage: $(cd "$src/promoted" && echo *)"
 	grep '^promoted ' "$src/promote.md" 2>/dev/null || true
