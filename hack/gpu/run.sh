@@ -9,8 +9,10 @@
 # build check gotest sanitize bench (all but ab and promote by default).
 #
 # ab times several builds of the benchmark side by side, alternating them
-# for $AB_ROUNDS rounds (default 2) on the anchor shapes of $BENCH_HQ (all
-# if unset) for the kernels $AB_KERNELS (default seesaw). $AB lists the
+# for $AB_ROUNDS rounds (default 2) on the anchor shapes of $AB_HQ (else
+# $BENCH_HQ, else all; e.g. AB_HQ=128 times only the h_q = 128 shapes while
+# the bench stage of the same call covers all) for the kernels $AB_KERNELS
+# (default seesaw). $AB lists the
 # builds as label=flags, flags comma-separated nvcc options, and @dir first
 # to build the kernel source in dir instead of the working tree's:
 #   AB="head=@.gpu-bin/head new= slack4=-DMLA_SCHED_UNSPLIT_SLACK=4" hack/gpu/run.sh ab
@@ -129,7 +131,8 @@ if has ab; then
 	step "A/B timing"
 	for round in $(seq "${AB_ROUNDS:-2}"); do
 		for label in "${timed[@]}"; do
-			BENCH_QUICK=1 BENCH_LABEL="$label-" timeout 120 "/tmp/mla_ab_$label" bench "${AB_KERNELS:-seesaw}" | grep -E '^(\| [a-z]|pair kernel)'
+			# shellcheck disable=SC2086 # one word or none
+			env ${AB_HQ:+BENCH_HQ=$AB_HQ} BENCH_QUICK=1 BENCH_LABEL="$label-" timeout 120 "/tmp/mla_ab_$label" bench "${AB_KERNELS:-seesaw}" | grep -E '^(\| [a-z]|pair kernel)'
 		done
 		echo "(round $round done)"
 	done 2>&1 | tee "$R/ab.md"
