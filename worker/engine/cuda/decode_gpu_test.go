@@ -65,8 +65,8 @@ func decodeCases() []decodeCase {
 	return []decodeCase{
 		// One block each, as many sequences as parts: no sequence is split,
 		// so the engine skips the combine launch (TestCombineRunsWhereTheScheduleSplits).
-		unsplitCase(16),
-		unsplitCase(128),
+		unsplitCase(16, 132),
+		unsplitCase(128, 132),
 		{"page-edges", 16, 1, []int32{1, 63, 64, 65}, deepseek},
 		{"page-edges", 32, 2, []int32{2, 63, 64, 65, 130, 1000}, deepseek},
 		{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek},
@@ -181,10 +181,11 @@ func TestDecodeMatchesFloat64Reference(t *testing.T) {
 	}
 }
 
-// unsplitCase has one 64-token sequence per part of an H100 or H200 (132
-// SMs): the schedule puts each in its own part.
-func unsplitCase(heads int) decodeCase {
-	lens := equalLens(132/((heads+tileRows-1)/tileRows), 64)
+// unsplitCase has one 64-token sequence per part of a card with sms SMs
+// (the engine's parts: SMs over query tiles): the schedule puts each in its
+// own part.
+func unsplitCase(heads, sms int) decodeCase {
+	lens := equalLens(max(1, sms/((heads+tileRows-1)/tileRows)), 64)
 	return decodeCase{"unsplit", heads, 1, lens, float32(1 / math.Sqrt(192))}
 }
 
@@ -271,19 +272,24 @@ func scheduleOnDevice(e *Engine, lens []int32, parts int) (per, slots int, err e
 // and the decode is right both ways (checkDecode poisons the outputs).
 func TestCombineRunsWhereTheScheduleSplits(t *testing.T) {
 	deepseek := float32(1 / math.Sqrt(192))
+	fixed := func(c decodeCase) func(int) decodeCase { return func(int) decodeCase { return c } }
+	unsplit := func(heads int) func(int) decodeCase {
+		return func(sms int) decodeCase { return unsplitCase(heads, sms) }
+	}
 	for _, tc := range []struct {
-		c       decodeCase
+		name    string
+		c       func(sms int) decodeCase // the case for the card's SM count
 		combine bool
 	}{
-		{unsplitCase(16), false},
-		{unsplitCase(128), false},
-		{decodeCase{"one-sequence-many-splits", 128, 1, []int32{6000}, deepseek}, true},
-		{decodeCase{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek}, true},
+		{"unsplit-h16", unsplit(16), false},
+		{"unsplit-h128", unsplit(128), false},
+		{"one-sequence-many-splits", fixed(decodeCase{"one-sequence-many-splits", 128, 1, []int32{6000}, deepseek}), true},
+		{"long-tail", fixed(decodeCase{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek}), true},
 	} {
 		for _, kernel := range testKernels {
-			t.Run(kernel+"/"+tc.c.String(), func(t *testing.T) {
+			t.Run(kernel+"/"+tc.name, func(t *testing.T) {
 				e := engineFor(t, kernel)
-				checkDecode(t, e, tc.c, 900)
+				checkDecode(t, e, tc.c(e.sms), 900)
 				if e.sched.combine != tc.combine {
 					t.Errorf("combine launched: %v, want %v", e.sched.combine, tc.combine)
 				}
