@@ -58,6 +58,21 @@ extern "C" {
 __device__ int mla_schedule_constants[3] = {MLA_PAGE, MLA_SEQ_OVERHEAD_BLOCKS, MLA_SCHED_UNSPLIT_SLACK};
 }
 
+// Experiments of v14, each off until an A/B run on a GPU shows it faster
+// (docs/kernel-notes.md, v14).
+#ifndef MLA_Q_FIRST  // a CTA's first Q load issued before its first block copies (experiment)
+#define MLA_Q_FIRST 1
+#endif
+#ifndef MLA_EPI_STAGE1  // both warpgroups stage O in stage 1, stage 0 refills at once (experiment)
+#define MLA_EPI_STAGE1 1
+#endif
+#ifndef MLA_STAGE1_AFTER_Q  // a CTA's first block 1 copied once its Q landed (experiment)
+#define MLA_STAGE1_AFTER_Q 1
+#endif
+#ifndef MLA_PREFETCH_START  // L2 asked for a CTA's first Q and block-table row before the seek (experiment)
+#define MLA_PREFETCH_START 1
+#endif
+
 namespace {
 
 constexpr int kD = MLA_HEAD_DIM;
@@ -642,7 +657,7 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
 
 // ---------------------------------------------------------------- seesaw
 //
-// mla_decode_seesaw (v10, v11): the two warpgroups take turns on pairs of KV
+// mla_decode_seesaw (v10-v13): the two warpgroups take turns on pairs of KV
 // blocks, so one warpgroup's softmax overlaps the other's tensor-core work
 // (the schedule FlashMLA calls "seesaw"; written here from its description
 // and docs/kernel-notes.md, v9 and v10).
@@ -650,12 +665,13 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
 // A sequence's blocks go in pairs: block 2i in KV stage 0, block 2i + 1 in
 // stage 1. Warpgroup 0 computes S0 = Q K_{2i}^T over all 64 keys, warpgroup 1
 // S1 = Q K_{2i+1}^T, at the same time. Then, per pair:
-//   wg0: softmax of S0 (running max m -> m0)        -> scale0 ready
-//        O_L += P0 V0_L (P0 from registers)
-//   wg1: softmax of S1 (m0 -> m1), O_R rescaled      -> scale1 ready
-//        P1 to shared memory; O_R += P1 V1_R (registers)
-//   wg0: P0 rescaled to m1, to shared memory         -> P0 ready
-//   wg1: O_R += P0 V0_R (shared)                      -> P1 ready
+//   wg0: softmax of S0 (running max m -> m0)         -> scale0 ready
+//        P0 (in m0's units) to shared memory          -> P0 ready
+//        O_L rescaled to m0; O_L += P0 V0_L (P0 from registers)
+//   wg1: O_R rescaled to m0; O_R += P0 V0_R (shared), under
+//        its softmax of S1 (m0 -> m1)                 -> scale1 ready
+//        P1 to shared memory                          -> P1 ready
+//        O_R rescaled to m1; O_R += P1 V1_R (registers)
 //   wg0: O_L rescaled to m1; O_L += P1 V1_L (shared)
 //   both: QK^T of the next pair, as soon as their panels land.
 // The only chain between the warpgroups is the two softmaxes; the tensor
@@ -666,9 +682,9 @@ __device__ __forceinline__ void decode_part(const MlaDecodeParams& p) {
 // stage. Warpgroup w owns V panels 4w .. 4w + 3 of both stages; the RoPE
 // panel 8 of stage s goes to warpgroup 1 - s, because that panel holds
 // P_s (written over the RoPE values once the owner's QK^T is done), which
-// only warpgroup 1 - s reads. Each share is a few bulk tensor copies issued
-// by one thread on the share's own mbarrier (expect_tx), so QK^T starts on
-// the share that landed first. A sequence's last pair refills with the next
+// only warpgroup 1 - s reads. Each share is 4-5 bulk tensor copies issued
+// by as many lanes of one warp on the share's own mbarrier (expect_tx), so
+// QK^T starts on the share that landed first. A sequence's last pair refills with the next
 // sequence's first two blocks and loads the next Q, so the copies run on
 // across sequences.
 //
@@ -787,15 +803,26 @@ __device__ __forceinline__ int block_page(const PartCursor& c, int j, const MlaD
 // (p.kv_map: a CUtensorMap over the whole cache as [rows][576] bf16, boxes
 // of 64 x 64 with the 128-byte swizzle, so each box lands as one panel in
 // the tile layout): V panels 4w .. 4w + 3, and the RoPE panel when s != w.
-// One thread issues the boxes and the stage's barrier counts their bytes,
-// so no other thread spends issue slots on copies, and TMA writes through
-// the async proxy as wgmma reads (no proxy fence). Rows past the sequence's
+// Lanes 0-4 of the warpgroup's first warp issue the boxes (copy_share) and
+// the share's barrier counts their bytes, so no other thread spends issue
+// slots on copies, and TMA writes through the async proxy as wgmma reads
+// (no proxy fence). Rows past the sequence's
 // end hold whatever the page holds: zero_tail clears them before P V.
 __device__ __forceinline__ void tma_box(uint32_t dst, uint64_t map, int col, int row, uint32_t bar) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
       "l"(map), "r"(col), "r"(row), "r"(bar)
       : "memory");
+}
+
+// Asks L2 for bytes (a multiple of 16) at src, 16-byte aligned; nothing
+// comes back to the CTA.
+__device__ __forceinline__ void prefetch_l2(const void* src, int bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
+// Asks L2 for the line holding p.
+__device__ __forceinline__ void prefetch_line_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p) : "memory");
 }
 
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
@@ -859,11 +886,18 @@ constexpr int kBulkSpareOffset = 2048;  // from the end of the three tiles; 4 Ki
 static_assert(kBulkRowStride % 16 == 0 && kBulkRowStride / 16 % 8 == 1, "rows 16 bytes apart in the banks");
 static_assert(62 * kBulkRowStride <= 4 * kPanelBytes, "rows 0-61 fit in four panels");
 static_assert(kBulkSpareOffset + 2048 + 96 + 2 * kBulkRowStride <= MLA_SMEM_BYTES - 1024 - 3 * kTileBytes, "spare fits");
+// MLA_EPI_STAGE1 puts warpgroup 1's rows in V1_R (stage 1, panels 4-7)
+// instead, so that only stage 1 waits for the copies and stage 0's refill
+// for the next piece goes out in the last pair as in every other.
 // spare: the spare area's start, 128-byte aligned.
 __device__ __forceinline__ uint32_t bulk_row_addr(uint32_t stage0, uint32_t stage1, uint32_t spare, int w, int row) {
   // Rows 62 and 63 keep the bank offset (row * 528) % 128 = 16 (row % 8).
   if (row >= 62) return spare + 2048 * w + 96 + (row - 62) * kBulkRowStride;
+#if MLA_EPI_STAGE1
+  return stage1 + 4 * w * kPanelBytes + row * kBulkRowStride;
+#else
   return (w == 0 ? stage1 : stage0 + 4 * kPanelBytes) + row * kBulkRowStride;
+#endif
 }
 __device__ __forceinline__ void bulk_store(void* dst, uint32_t src, int bytes) {
   asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
@@ -1110,6 +1144,9 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
   const long long t_begin = clock64();
 #endif
 
+  // The part's first sequence (nearly always the first piece's: see
+  // PartView::seek), read before the barriers are set up.
+  const int start_b = sched.part_start()[part];
   if (threadIdx.x == 0) {
     for (int s = 0; s < 2; ++s)
       for (int v = 0; v < 2; ++v) mbar_init(full_bar(s, v), 1);
@@ -1117,18 +1154,41 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     mbar_init(scale1_bar, 128);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
+#if MLA_PREFETCH_START
+  // The start is a chain of dependent reads (part start, then the
+  // sequence's prefix and length, then its pages, then the data). Asking
+  // L2 for the likely Q tile and block-table row as soon as the part's
+  // first sequence is known takes DRAM out of the last two links (a wrong
+  // guess only costs the prefetch).
+  if (threadIdx.x == 128 && start_b < p.batch) {
+    prefetch_l2(q + (static_cast<size_t>(start_b) * R + row0) * kD, min(kRows, R - row0) * kD * 2);
+    prefetch_line_l2(reinterpret_cast<const int*>(p.block_table) + static_cast<size_t>(start_b) * p.max_pages);
+  }
+#endif
   __syncthreads();
   // Warpgroup w's share of stage s, right after its last read of it.
   auto copy = [&](uint32_t stage, int s, int page) { copy_share(stage, s, w, page, p, t, full_bar(s, w)); };
 
   PartCursor cur;
-  view.seek(cur, sched.part_start()[part]);
+  view.seek(cur, start_b);
   if (cur.b >= p.batch) return;
   // The first piece's Q and first two blocks; later pieces get theirs
   // from the previous piece's last pair.
-  copy(stage0, 0, block_page(cur, 0, p));
-  if (cur.blocks() > 1) copy(stage1, 1, block_page(cur, 1, p));
-  if (w == 1) load_q(q_tile, q + (static_cast<size_t>(cur.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
+  // MLA_Q_FIRST: Q's address needs no block-table read, so its copies
+  // can go out while the pages are read and DRAM starts on every CTA's Q
+  // a read earlier. MLA_STAGE1_AFTER_Q: block 1 (wg1's first S, needed
+  // only after wg0's first softmax) is asked for once Q has landed, so
+  // that Q and block 0 have the start's bandwidth to themselves.
+  int first_page1 = cur.blocks() > 1 ? block_page(cur, 1, p) : -1;
+  {
+    const int page0 = block_page(cur, 0, p);
+    if (MLA_Q_FIRST && w == 1)
+      load_q(q_tile, q + (static_cast<size_t>(cur.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
+    copy(stage0, 0, page0);
+    if (!MLA_STAGE1_AFTER_Q && first_page1 >= 0) copy(stage1, 1, first_page1);
+    if (!MLA_Q_FIRST && w == 1)
+      load_q(q_tile, q + (static_cast<size_t>(cur.b) * R + row0) * kD, min(kRows, R - row0), t, q_bar);
+  }
 
   // Parity of the next block each stage delivers, and of the next Q.
   int phase[2] = {0, 0};
@@ -1156,6 +1216,10 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
     mbar_wait(q_bar, q_phase);
     q_phase ^= 1;
     fence_proxy_async();
+    if (MLA_STAGE1_AFTER_Q && first_page1 >= 0) {
+      copy(stage1, 1, first_page1);  // the first piece's block 1
+      first_page1 = -1;
+    }
     PHASE(10);
     // Each warpgroup's first S: wg0 block 0, wg1 block 1.
     float sc[32];
@@ -1372,7 +1436,7 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
         }
         wgmma_wait<0>();  // P0 V0_R done: stage 0's V_R and P0 are free
         PHASE(2);
-        if (fill0 && (kQk0 || !bulk_out)) copy(stage0, 0, page0);  // else after the bulk epilogue
+        if (fill0 && (kQk0 || !bulk_out || MLA_EPI_STAGE1)) copy(stage0, 0, page0);  // else after the bulk epilogue
         PHASE(3);
         rescale(o, alpha);
         if constexpr (kHas1) {
@@ -1383,7 +1447,7 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
           keep_alive(pb);
         }
         PHASE(2);
-        if (fill1) copy(stage1, 1, page1);
+        if (fill1 && (kQk0 || !bulk_out || !MLA_EPI_STAGE1)) copy(stage1, 1, page1);  // else after the bulk epilogue
         PHASE(3);
         if constexpr (kQk1) {
           issue_qk(Int<1>{}, Int<1>{}, Flag<true>{}, stage1, phase[1] ^ 1);
@@ -1424,10 +1488,18 @@ __device__ __forceinline__ void decode_part_seesaw(const MlaDecodeParams& p) {
       bulk_epilogue(o, inv, lse, stage0, stage1, q_tile + 3 * kTileBytes + kBulkSpareOffset, b, row0, frag_row, w, lane,
                     p);
       // The copies have read this warpgroup's panels: its refill of them
-      // for the next piece, deferred from the last pair.
-      warpgroup_sync(w);
-      if (w == 0 && nxt.b < p.batch && nxt.blocks() > 1) copy(stage1, 1, block_page(nxt, 1, p));
-      if (w == 1 && nxt.b < p.batch) copy(stage0, 0, block_page(nxt, 0, p));
+      // for the next piece, deferred from the last pair. A CTA's last
+      // piece has none, and each warp's copies were read before it left
+      // bulk_epilogue, so the CTA may exit.
+      if (nxt.b < p.batch) {
+        warpgroup_sync(w);
+        if (w == 0 && nxt.blocks() > 1) copy(stage1, 1, block_page(nxt, 1, p));
+#if MLA_EPI_STAGE1
+        if (w == 1 && nxt.blocks() > 1) copy(stage1, 1, block_page(nxt, 1, p));
+#else
+        if (w == 1) copy(stage0, 0, block_page(nxt, 0, p));
+#endif
+      }
     } else {
       finish_rows(o, inv, lse, sched, b, part, first, nb, per, row0, frag_row, w, lane, p);
     }

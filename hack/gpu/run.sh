@@ -28,8 +28,8 @@
 # check and time the module to commit; $R/promoted/ gets the edited source.
 # PROMOTE=auto (the default) takes the build hack/gpu/promote.py picks from
 # this call's ab timings against $AB_BASE (default the first label): at
-# least 2% faster on the geometric mean of the shapes, and not 5% slower on
-# any. Without a winner the run stops there. PROMOTE=label promotes that
+# least $PROMOTE_MARGIN (default 0.02, i.e. 2%) faster on the geometric
+# mean of the shapes, and not 5% slower on any. Without a winner the run stops there. PROMOTE=label promotes that
 # label of $AB without timings. One call can then go from experiments to a
 # module ready to commit:
 #   AB="head=@.gpu-bin/head new= c4s4=-DMLA_SEQ_OVERHEAD_BLOCKS=4,-DMLA_SCHED_UNSPLIT_SLACK=4" \
@@ -151,7 +151,7 @@ if has promote; then
 	winner=${PROMOTE:-auto} base=${AB_BASE:-${ab_labels[0]:-}}
 	if [[ $winner == auto ]]; then
 		[[ -s $R/ab.md ]] || stop 1 "PROMOTE=auto needs the ab stage's timings in this call"
-		python3 hack/gpu/promote.py pick "$R/ab.md" "$base" | tee "$R/promote.md"
+		python3 hack/gpu/promote.py pick "$R/ab.md" "$base" --margin "${PROMOTE_MARGIN:-0.02}" | tee "$R/promote.md"
 		pick_rc=${PIPESTATUS[0]}
 		[[ $pick_rc == 0 || $pick_rc == 3 ]] || stop 1 "picking the build to promote failed"
 		winner=$(tail -n 1 "$R/promote.md")
