@@ -38,9 +38,11 @@ const seesawMinMeanLen = 1024
 // decodeFunctionName is the module function that a decode call with the
 // given number of 64-row query tiles (s_q x h_q rows) and mean sequence
 // length runs under kernel; loaded says whether the engine has a function.
-// auto: wgmma for one tile, where its lockstep warpgroups are at 0.83-1.03
-// of FlashMLA; seesaw for several tiles (h_q = 128, or s_q = 2 with
-// h_q = 64) unless the sequences are short or the module lacks it. Other
+// auto: wgmma for one tile, where its lockstep warpgroups are at 0.82-1.08
+// of FlashMLA and seesaw is within 2% of it on every shape (both at the
+// card's DRAM limit from s_k = 4096; H100, 2026-12-05, v14); seesaw for
+// several tiles (h_q = 128, or s_q = 2 with h_q = 64) unless the sequences
+// are short or the module lacks it. Other
 // functions a module may carry (v11's mla_decode_seesaw_pair, which lost
 // on every shape) are never chosen.
 func decodeFunctionName(kernel string, tiles int, meanLen int, loaded func(name string) bool) string {
