@@ -16,9 +16,10 @@
 #   hack/kernels-frontend.sh [source] [-Dname=value ...]
 #
 # Every macro set in $KERNEL_VARIANTS (sets separated by ';'; default: as
-# committed, the trace build, and each experiment the source keeps off,
-# found by its `#ifndef MLA_X  // ... (experiment)` line, turned on alone)
-# is compiled, each with the extra -D options given; a failing set fails
+# committed, the trace build, and each experiment flag, found by its
+# `#ifndef MLA_X  // ... (experiment)` line, turned alone to the side it
+# does not default to: on where it defaults to 0, off where a promotion
+# made it 1 and its old path is still in the source) is compiled, each with the extra -D options given; a failing set fails
 # the run after the others are reported. KERNELS_DEPTH=sm_90a fails the
 # run, with the compiler's word, where the nvcc given cannot assemble for
 # sm_90a, instead of falling back to PTX.
@@ -29,7 +30,9 @@ NVCC=${NVCC:-nvcc}
 command -v "$NVCC" >/dev/null || { echo "kernels-frontend: no $NVCC (apt-get install nvidia-cuda-toolkit, or NVCC=\$(hack/hopper-toolkit.sh))" >&2; exit 1; }
 src=kernels/mla_decode.cu
 if [[ $# -gt 0 && $1 != -D* ]]; then src=$1 && shift; fi
-experiments=$(sed -n 's|^#ifndef \(MLA_[A-Z0-9_]*\) *//.*(experiment).*|;-D\1=1|p' "$src" | tr -d '\n')
+experiments=$(awk '/^#ifndef MLA_[A-Z0-9_]+ *\/\/.*\(experiment\)/ { name = $2; next }
+	name != "" && $1 == "#define" && $2 == name { printf ";-D%s=%d", name, $3 == "0" ? 1 : 0 }
+	{ name = "" }' "$src")
 variants=${KERNEL_VARIANTS:-" ;-DMLA_TRACE$experiments"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -29,8 +29,8 @@
 # PROMOTE=auto (the default) takes the build hack/gpu/promote.py picks from
 # this call's ab timings against $AB_BASE (default the first label): at
 # least $PROMOTE_MARGIN (default 0.02, i.e. 2%) faster on the geometric
-# mean of the shapes, and not 5% slower on any. Without a winner the run stops there. PROMOTE=label promotes that
-# label of $AB without timings. One call can then go from experiments to a
+# mean of the shapes, and not 5% slower on any. Without a winner the run
+# stops there. PROMOTE=label promotes that label of $AB without timings. One call can then go from experiments to a
 # module ready to commit:
 #   AB="head=@.gpu-bin/head new= c4s4=-DMLA_SEQ_OVERHEAD_BLOCKS=4,-DMLA_SCHED_UNSPLIT_SLACK=4" \
 #     hack/gpu/run.sh ab promote build check gotest sanitize
