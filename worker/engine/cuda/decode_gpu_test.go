@@ -271,25 +271,25 @@ func scheduleOnDevice(e *Engine, lens []int32, parts int) (per, slots int, err e
 // The combine launch is skipped exactly where the schedule splits nothing,
 // and the decode is right both ways (checkDecode poisons the outputs).
 func TestCombineRunsWhereTheScheduleSplits(t *testing.T) {
-	deepseek := float32(1 / math.Sqrt(192))
-	fixed := func(c decodeCase) func(int) decodeCase { return func(int) decodeCase { return c } }
-	unsplit := func(heads int) func(int) decodeCase {
-		return func(sms int) decodeCase { return unsplitCase(heads, sms) }
-	}
 	for _, tc := range []struct {
 		name    string
-		c       func(sms int) decodeCase // the case for the card's SM count
+		heads   int
+		lens    []int32 // nil: one 64-token sequence per part of the card (unsplitCase)
 		combine bool
 	}{
-		{"unsplit-h16", unsplit(16), false},
-		{"unsplit-h128", unsplit(128), false},
-		{"one-sequence-many-splits", fixed(decodeCase{"one-sequence-many-splits", 128, 1, []int32{6000}, deepseek}), true},
-		{"long-tail", fixed(decodeCase{"long-tail", 64, 1, []int32{4097, 1, 300, 2500}, deepseek}), true},
+		{"unsplit", 16, nil, false},
+		{"unsplit", 128, nil, false},
+		{"one-sequence-many-splits", 128, []int32{6000}, true},
+		{"long-tail", 64, []int32{4097, 1, 300, 2500}, true},
 	} {
 		for _, kernel := range testKernels {
-			t.Run(kernel+"/"+tc.name, func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/%s-h%d", kernel, tc.name, tc.heads), func(t *testing.T) {
 				e := engineFor(t, kernel)
-				checkDecode(t, e, tc.c(e.sms), 900)
+				c := decodeCase{tc.name, tc.heads, 1, tc.lens, float32(1 / math.Sqrt(192))}
+				if tc.lens == nil {
+					c = unsplitCase(tc.heads, e.sms) // the parts follow the card's SM count
+				}
+				checkDecode(t, e, c, 900)
 				if e.sched.combine != tc.combine {
 					t.Errorf("combine launched: %v, want %v", e.sched.combine, tc.combine)
 				}
